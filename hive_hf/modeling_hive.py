@@ -1,0 +1,776 @@
+"""HIVE models: a vision encoder whose intermediate layers feed a decoder-only LLM through cross-attention.
+
+Reference: "Hierarchical Pre-Training of Vision Encoders with Large Language Models"
+(CVPR 2026 Workshops, arXiv 2604.00086).
+
+Three fusions share one class stack (`HiveConfig.fusion`):
+- `joint`  (the authors' code): at each paired LLM layer the projected features of one tapped encoder layer become
+  extra keys/values of that layer's self-attention; text queries see every image token plus the causal text.
+- `gated`  (the paper's equation read literally, as in Flamingo / Llama-3.2-Vision): a separate cross-attention block
+  before the paired decoder layer, scaled by `tanh(gate)` with the gate initialised to zero.
+- `concat` (the SA baseline, LLaVA-style): one layer's projected tokens are put into the LLM's input sequence.
+In `joint` and `gated` the image tokens never pass through the LLM's MLPs and produce no outputs of their own;
+that is where HIVE's compute saving comes from. Image keys/values are computed once per image (at prefill when
+generating) and reused.
+
+This file is shipped to the Hub next to the weights: it imports only torch, transformers and its sibling config.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward, repeat_kv
+from transformers.utils import ModelOutput, logging
+
+from .configuration_hive import HiveConfig
+
+logger = logging.get_logger(__name__)
+
+# Attention implementations the image-joined attention computes itself (it needs an explicit mask with image columns).
+_JOINT_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+@dataclass
+class HiveVisionEncoderOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_patches, vision_hidden_size)`):
+        The tower's final output, exactly as the stock vision model returns it (after its post norm, if any).
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, vision_hidden_size)`, *optional*):
+        The tower's pooled output (SigLIP attention-pooling head, CLIP normalised class token).
+    hierarchical_features (`tuple(torch.FloatTensor)`):
+        One `(batch_size, num_patches, vision_hidden_size)` tensor per entry of `config.vision_feature_layers`,
+        in that order (`hidden_states` indices: 0 = patch embeddings, i = output of block i).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        All `num_hidden_layers + 1` hidden states, when `output_hidden_states=True`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hierarchical_features: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class HiveCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        Next-token cross entropy over `labels` (-100 and image positions ignored).
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+        LM logits aligned with `input_ids` (image tokens that were prepended in concat mode are removed).
+    past_key_values (`Cache`, *optional*):
+        The LLM's text key/value cache (concat mode: image positions included).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        The LLM's hidden states, when `output_hidden_states=True`.
+    image_attentions (`tuple(torch.FloatTensor)`, *optional*):
+        When `output_attentions=True`: per fused layer (`cross_attention_layers`; concat: every LLM layer) the
+        attention weights from each query position to each image token, shape
+        `(batch_size, num_heads, sequence_length, num_image_tokens)`. Reshape the last axis to the patch grid
+        (dropping a class token, if the tower has one) to draw them over the image.
+    image_key_values (`tuple(tuple(torch.FloatTensor))`, *optional*):
+        joint/gated: per fused layer the image `(key, value)`, each `(batch_size, num_kv_heads, num_image_tokens,
+        head_dim)`; pass them back instead of `pixel_values` to skip the encoder (what `generate` does).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_key_values: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------------
+class HiveProjector(nn.Module):
+    """Maps one tapped encoder layer to the LLM width: a 2-layer GELU MLP with a residual around its second layer."""
+
+    def __init__(self, config: HiveConfig):
+        super().__init__()
+        text_width = config.text_config.hidden_size
+        hidden = config.projector_hidden_size or text_width
+        self.residual = config.projector_residual
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, hidden, bias=config.projector_bias)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(hidden, text_width, bias=config.projector_bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        hidden = self.linear_1(features)  # (B, N, P)
+        out = self.linear_2(self.act(hidden))  # (B, N, D_text)
+        return out + hidden if self.residual else out
+
+
+class HiveRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(dtype)
+
+
+def _attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor | None,
+    scaling: float,
+    dropout: float,
+    need_weights: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention with a boolean `allowed` mask (True = attend). q: (B, H, T, D); k, v: (B, H_kv, S, D).
+
+    Returns the output as (B, T, H, D) and, when `need_weights`, the softmax weights (B, H, T, S).
+    """
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    if not need_weights:
+        out = nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=allowed, dropout_p=dropout, scale=scaling
+        )
+        return out.transpose(1, 2), None
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(nn.functional.dropout(weights, p=dropout), value)
+    return out.transpose(1, 2), weights
+
+
+def _allowed_text_keys(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device):
+    """Boolean (B|1, 1, T, S) view of the LLM's causal mask, whichever form the attention implementation produced."""
+    if attention_mask is None:  # sdpa's `is_causal` fast path: the mask it stood for
+        q_pos = torch.arange(q_len, device=device) + (kv_len - q_len)
+        return (torch.arange(kv_len, device=device)[None, :] <= q_pos[:, None])[None, None]
+    attention_mask = attention_mask[..., :kv_len]
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask == 0  # additive float mask: 0 keeps, dtype-min removes
+
+
+class HiveJointAttention(nn.Module):
+    """A Llama-family self-attention whose text queries also attend to one tapped encoder layer (joint fusion).
+
+    It adopts the original layer's projections under their original names (`q_proj`, ..., and Qwen3's
+    `q_norm`/`k_norm`), so the LLM's checkpoint keys are unchanged. Image keys get no rotary embedding: they
+    have no position in the text.
+    """
+
+    def __init__(self, attn: nn.Module, fusion_index: int, separate_image_kv: bool):
+        super().__init__()
+        for name in ("config", "layer_idx", "head_dim", "num_key_value_groups", "scaling", "attention_dropout"):
+            setattr(self, name, getattr(attn, name))
+        self.is_causal = True
+        self.sliding_window = getattr(attn, "sliding_window", None)
+        self.fusion_index = fusion_index
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        self.q_norm = getattr(attn, "q_norm", None)
+        self.k_norm = getattr(attn, "k_norm", None)
+        if separate_image_kv:  # initialised as copies; `HiveForConditionalGeneration` re-copies after loading an LLM
+            self.image_k_proj = copy.deepcopy(attn.k_proj)
+            self.image_v_proj = copy.deepcopy(attn.v_proj)
+        else:
+            self.image_k_proj = self.image_v_proj = None
+
+    def _heads(self, proj: nn.Module, states: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
+        out = proj(states).view(*states.shape[:-1], -1, self.head_dim)  # (B, L, H, D)
+        if norm is not None:
+            out = norm(out)
+        return out.transpose(1, 2)  # (B, H, L, D)
+
+    def image_key_values(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of projected image features already normalised by the layer's input norm."""
+        key = self._heads(self.image_k_proj or self.k_proj, image_features, self.k_norm)
+        value = self._heads(self.image_v_proj or self.v_proj, image_features, None)
+        return key, value  # each (B, H_kv, N, D)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        hive_image_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        hive_attentions: list | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        query = self._heads(self.q_proj, hidden_states, self.q_norm)
+        key = self._heads(self.k_proj, hidden_states, self.k_norm)
+        value = self._heads(self.v_proj, hidden_states, None)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        if past_key_values is not None:  # the cache holds text keys/values only
+            key, value = past_key_values.update(key, value, self.layer_idx)
+        dropout = self.attention_dropout if self.training else 0.0
+
+        if hive_image_kv is None:  # no image in this batch: exactly the LLM's own attention
+            interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+            out, weights = interface(
+                self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
+                sliding_window=self.sliding_window, **kwargs,
+            )
+        else:
+            image_key, image_value = hive_image_kv[self.fusion_index]
+            q_len, text_len, num_image = query.shape[2], key.shape[2], image_key.shape[2]
+            allowed = _allowed_text_keys(attention_mask, q_len, text_len, query.device)
+            image_cols = allowed.new_ones((*allowed.shape[:3], num_image))
+            allowed = torch.cat([image_cols, allowed], dim=-1)  # (B|1, 1, T, N + S)
+            key = torch.cat([image_key.to(key.dtype), key], dim=2)  # (B, H_kv, N + S, D)
+            value = torch.cat([image_value.to(value.dtype), value], dim=2)
+            need_weights = hive_attentions is not None or self.config._attn_implementation == "eager"
+            out, weights = _attend(query, key, value, allowed, self.scaling, dropout, need_weights)
+            if hive_attentions is not None:
+                hive_attentions.append(weights[..., :num_image])
+        out = self.o_proj(out.reshape(*input_shape, -1).contiguous())
+        return out, weights
+
+
+class HiveGatedCrossAttention(nn.Module):
+    """Flamingo-style gated cross-attention: `h + tanh(gate) * CrossAttn(norm(h), image)`, gate initialised to 0."""
+
+    def __init__(self, text_config, fusion_index: int):
+        super().__init__()
+        width = text_config.hidden_size
+        self.num_heads = text_config.num_attention_heads
+        self.num_kv_heads = getattr(text_config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(text_config, "head_dim", None) or width // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.fusion_index = fusion_index
+        eps = getattr(text_config, "rms_norm_eps", 1e-6)
+        self.norm = HiveRMSNorm(width, eps)
+        self.image_norm = HiveRMSNorm(width, eps)
+        self.q_proj = nn.Linear(width, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(width, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(width, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, width, bias=False)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def image_key_values(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        normed = self.image_norm(image_features)
+        shape = (*image_features.shape[:-1], -1, self.head_dim)
+        key = self.k_proj(normed).view(shape).transpose(1, 2)  # (B, H_kv, N, D)
+        value = self.v_proj(normed).view(shape).transpose(1, 2)
+        return key, value
+
+    def forward(
+        self, hidden_states: torch.Tensor, image_kv: tuple[torch.Tensor, torch.Tensor], hive_attentions: list | None
+    ) -> torch.Tensor:
+        input_shape = hidden_states.shape[:-1]
+        query = self.q_proj(self.norm(hidden_states)).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        image_key, image_value = (t.to(query.dtype) for t in image_kv)
+        out, weights = _attend(query, image_key, image_value, None, self.scaling, 0.0, hive_attentions is not None)
+        if hive_attentions is not None:
+            hive_attentions.append(weights)
+        out = self.o_proj(out.reshape(*input_shape, -1))
+        return hidden_states + torch.tanh(self.gate).to(out.dtype) * out
+
+
+class HiveGatedDecoderLayer(nn.Module):
+    """A decoder layer with a gated cross-attention block in front of it (gated fusion)."""
+
+    def __init__(self, decoder_layer: nn.Module, cross_attn: HiveGatedCrossAttention):
+        super().__init__()
+        self.cross_attn = cross_attn
+        self.decoder_layer = decoder_layer
+        # Qwen2/Qwen3/Mistral pick each layer's mask (full or sliding) by this attribute.
+        if hasattr(decoder_layer, "attention_type"):
+            self.attention_type = decoder_layer.attention_type
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        *args: Any,
+        hive_image_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        hive_attentions: list | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if hive_image_kv is not None:
+            hidden_states = self.cross_attn(hidden_states, hive_image_kv[self.cross_attn.fusion_index], hive_attentions)
+        return self.decoder_layer(hidden_states, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------------
+class HivePreTrainedModel(PreTrainedModel):
+    config_class = HiveConfig
+    config: HiveConfig
+    base_model_prefix = "vision_model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HiveProjector", "HiveGatedDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, HiveGatedCrossAttention):
+            init.zeros_(module.gate)  # the frozen LLM computes what it did before, at step 0
+        elif isinstance(module, HiveRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        # The LLM's own init reaches the fusion modules injected into it; give them ours. Guarded init functions
+        # leave weights that a checkpoint provided untouched.
+        for module in self.modules():
+            if isinstance(module, HiveGatedCrossAttention):
+                for child in module.modules():
+                    self._init_weights(child)
+
+
+class HiveVisionEncoderModel(HivePreTrainedModel):
+    """The HIVE vision encoder: any transformers vision tower, tapped at `config.vision_feature_layers`.
+
+    This is the product of HIVE pre-training and what `AutoModel` loads from a HIVE checkpoint (a full
+    `HiveForConditionalGeneration` checkpoint included). `to_base_model()` returns it as the stock tower.
+    """
+
+    base_model_prefix = "vision_model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _keys_to_ignore_on_load_unexpected = [r"^projectors\.", r"^language_model\."]
+
+    def __init__(self, config: HiveConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vision_tower.get_input_embeddings()
+
+    @property
+    def _can_stop_early(self) -> bool:
+        return hasattr(self.vision_tower, "embeddings") and hasattr(getattr(self.vision_tower, "encoder", None), "layers")
+
+    def hierarchical_features(
+        self,
+        pixel_values: torch.Tensor,
+        layers: list[int] | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """The `hidden_states[i]` for each `i` in `layers` (default: `config.vision_feature_layers`), in order.
+
+        Runs the blocks up to the deepest requested layer only (timm's `forward_intermediates` idea); towers
+        without the usual `embeddings` + `encoder.layers` layout fall back to a full forward.
+        """
+        layers = list(self.config.vision_feature_layers if layers is None else layers)
+        pixel_values = pixel_values.to(self.dtype)
+        tower = self.vision_tower
+        if not self._can_stop_early:
+            out = tower(pixel_values=pixel_values, output_hidden_states=True, interpolate_pos_encoding=interpolate_pos_encoding)
+            return tuple(out.hidden_states[i] for i in layers)
+        hidden = tower.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)  # (B, N, D)
+        pre_norm = getattr(tower, "pre_layrnorm", None)  # CLIP normalises before its first block
+        if pre_norm is not None:
+            hidden = pre_norm(hidden)
+        states = [hidden]
+        for block in tower.encoder.layers[: max(layers)]:
+            hidden = block(hidden, None)
+            states.append(hidden)
+        return tuple(states[i] for i in layers)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        features_only: bool = False,
+        **kwargs: Any,
+    ) -> HiveVisionEncoderOutput:
+        r"""
+        features_only (`bool`, *optional*, defaults to `False`):
+            Return only `hierarchical_features`, computing no block beyond the deepest tapped layer.
+        """
+        if features_only:
+            feats = self.hierarchical_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+            return HiveVisionEncoderOutput(hierarchical_features=feats)
+        out = self.vision_tower(
+            pixel_values=pixel_values.to(self.dtype),
+            output_hidden_states=True,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            **kwargs,
+        )
+        return HiveVisionEncoderOutput(
+            last_hidden_state=out.last_hidden_state,
+            pooler_output=getattr(out, "pooler_output", None),
+            hierarchical_features=tuple(out.hidden_states[i] for i in self.config.vision_feature_layers),
+            hidden_states=out.hidden_states if output_hidden_states else None,
+        )
+
+    def to_base_model(self) -> PreTrainedModel:
+        """The stock transformers vision model (e.g. `SiglipVisionModel`) holding these weights: a released HIVE
+        encoder drops into LLaVA pipelines and probes with no custom code."""
+        return copy.deepcopy(self.vision_tower)
+
+
+class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
+    """Vision encoder + one projector per tapped layer + a Llama-family causal LM with HIVE fusion injected."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self, config: HiveConfig):
+        super().__init__(config)
+        self.vision_model = HiveVisionEncoderModel(config)
+        self.projectors = nn.ModuleList(HiveProjector(config) for _ in config.vision_feature_layers)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self._inject_fusion()
+        self.post_init()
+        self.copy_image_kv_from_text()
+
+    # -- construction ---------------------------------------------------------------------------------------------
+    def _decoder_layers(self) -> nn.ModuleList:
+        layers = getattr(self.language_model.get_decoder(), "layers", None)
+        if layers is None:
+            raise ValueError(
+                f"{type(self.language_model).__name__} has no `layers` list of decoder layers; HIVE supports "
+                "Llama-family decoders (llama, qwen2, qwen3, mistral, ...)."
+            )
+        return layers
+
+    def _inject_fusion(self) -> None:
+        fusion = self.config.fusion
+        if fusion == "concat":
+            return
+        impl = self.config.text_config._attn_implementation
+        if fusion == "joint" and impl not in (None, *_JOINT_ATTN_IMPLEMENTATIONS):
+            raise ValueError(
+                f"fusion='joint' computes attention over image+text keys itself and supports attn_implementation "
+                f"{_JOINT_ATTN_IMPLEMENTATIONS}; got {impl!r}. Load with attn_implementation='sdpa'."
+            )
+        layers = self._decoder_layers()
+        for index, layer_idx in enumerate(self.config.cross_attention_layers):
+            layer = layers[layer_idx]
+            missing = [n for n in ("self_attn", "input_layernorm") if not hasattr(layer, n)]
+            if missing or not all(hasattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+                raise ValueError(
+                    f"LLM decoder layer {type(layer).__name__} is not Llama-shaped (self_attn with q/k/v/o_proj and "
+                    "input_layernorm); HIVE's joint and gated fusion need a Llama-family decoder."
+                )
+            if fusion == "joint":
+                layer.self_attn = HiveJointAttention(layer.self_attn, index, self.config.separate_image_kv)
+            else:
+                layers[layer_idx] = HiveGatedDecoderLayer(layer, HiveGatedCrossAttention(self.config.text_config, index))
+
+    def copy_image_kv_from_text(self) -> None:
+        """Separate image k/v projections start as copies of their layer's own k/v projections."""
+        with torch.no_grad():
+            for module in self.language_model.modules():
+                if isinstance(module, HiveJointAttention) and module.image_k_proj is not None:
+                    module.image_k_proj.load_state_dict(module.k_proj.state_dict())
+                    module.image_v_proj.load_state_dict(module.v_proj.state_dict())
+
+    def _llm_key(self, key: str) -> str:
+        """Where a key of the plain LLM's state dict lives in our language model (gated layers are wrapped)."""
+        if self.config.fusion != "gated":
+            return key
+        prefix = key.split("layers.", 1)
+        if len(prefix) == 2:
+            idx, rest = prefix[1].split(".", 1)
+            if int(idx) in self.config.cross_attention_layers:
+                return f"{prefix[0]}layers.{idx}.decoder_layer.{rest}"
+        return key
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_name_or_path: str,
+        text_name_or_path: str,
+        vision_kwargs: dict | None = None,
+        text_kwargs: dict | None = None,
+        **config_kwargs: Any,
+    ) -> HiveForConditionalGeneration:
+        """Compose a HIVE model from a pretrained vision checkpoint and a pretrained causal LM (local folder or Hub
+        id), keeping both sets of weights exactly. The connector is newly initialised.
+
+        A two-tower checkpoint (SigLIP, CLIP) contributes its vision tower. `vision_kwargs` / `text_kwargs` go to the
+        respective `from_pretrained` (e.g. `revision`); `config_kwargs` to `HiveConfig` (e.g. `fusion="gated"`).
+        """
+        vision_kwargs, text_kwargs = dict(vision_kwargs or {}), dict(text_kwargs or {})
+        loaded_config = AutoConfig.from_pretrained(vision_name_or_path, **vision_kwargs)
+        vision_config = getattr(loaded_config, "vision_config", loaded_config)
+        vision_cls = AutoModel._model_mapping[type(vision_config)]
+        vision = vision_cls.from_pretrained(vision_name_or_path, **vision_kwargs)
+        llm = AutoModelForCausalLM.from_pretrained(text_name_or_path, **text_kwargs)
+
+        config = HiveConfig(vision_config=vision.config, text_config=llm.config, **config_kwargs)
+        model = cls(config)
+        model.vision_model.vision_tower.load_state_dict(vision.state_dict())
+        llm_state = {model._llm_key(k): v for k, v in llm.state_dict().items()}
+        result = model.language_model.load_state_dict(llm_state, strict=False)
+        unexpected = list(result.unexpected_keys)
+        bad_missing = [k for k in result.missing_keys if ".cross_attn." not in k and ".image_" not in k]
+        if unexpected or bad_missing:
+            raise ValueError(
+                f"The LLM checkpoint {text_name_or_path!r} does not fit the HIVE language model: missing "
+                f"{bad_missing[:5]}, unexpected {unexpected[:5]}."
+            )
+        model.copy_image_kv_from_text()
+        model.tie_weights()
+        model.generation_config = copy.deepcopy(llm.generation_config)
+        model.to(llm.dtype)
+        return model
+
+    # -- plumbing transformers expects ------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    # -- vision side ---------------------------------------------------------------------------------------------
+    def get_image_key_values(self, pixel_values: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Per fused LLM layer the image (key, value), computed once per image. joint/gated only."""
+        if self.config.fusion == "concat":
+            raise ValueError("fusion='concat' puts image tokens into the sequence; it has no image key/values.")
+        features = self.vision_model.hierarchical_features(pixel_values)
+        layers = self._decoder_layers()
+        dtype = self.get_input_embeddings().weight.dtype
+        image_kv = []
+        for feature, projector, layer_idx in zip(features, self.projectors, self.config.cross_attention_layers):
+            projected = projector(feature).to(dtype)  # (B, N, D_text)
+            layer = layers[layer_idx]
+            if self.config.fusion == "joint":
+                image_kv.append(layer.self_attn.image_key_values(layer.input_layernorm(projected)))
+            else:
+                image_kv.append(layer.cross_attn.image_key_values(projected))
+        return tuple(image_kv)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """concat mode: the projected vision tokens that enter the LLM sequence, (B, N, D_text)."""
+        feature = self.vision_model.hierarchical_features(pixel_values)[0]
+        return self.projectors[0](feature).to(self.get_input_embeddings().weight.dtype)
+
+    # -- forward ---------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        image_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> HiveCausalLMOutputWithPast:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`, *optional*):
+            Images, one per sequence. Without them (and without `image_key_values`) the model is the plain LLM.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Aligned with `input_ids` (the loss shifts them); -100 is ignored, and so are image positions.
+        image_key_values (`tuple`, *optional*):
+            joint/gated: a previous output's `image_key_values`, used instead of `pixel_values`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if pixel_values is not None and image_key_values is not None:
+            raise ValueError("Pass either `pixel_values` or `image_key_values`, not both.")
+        text_batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        if pixel_values is not None and pixel_values.shape[0] != text_batch:
+            raise ValueError(
+                f"Got {pixel_values.shape[0]} images (`pixel_values`) for {text_batch} text sequences; HIVE takes "
+                "exactly one image per sequence."
+            )
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if self.config.fusion == "concat":
+            return self._forward_concat(
+                input_ids, pixel_values, attention_mask, position_ids, past_key_values, inputs_embeds, labels,
+                use_cache, output_attentions, output_hidden_states, logits_to_keep, num_items_in_batch, **kwargs,
+            )
+
+        if pixel_values is not None:
+            image_key_values = self.get_image_key_values(pixel_values)
+        attentions = [] if output_attentions and image_key_values is not None else None
+        if image_key_values is not None:
+            kwargs.update(hive_image_kv=image_key_values, hive_attentions=attentions)
+        seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        position_ids = _position_ids(attention_mask, position_ids, past_key_values, seq_len)
+        out = self.language_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        loss = None
+        if labels is not None:
+            loss = ForCausalLMLoss(
+                out.logits, labels, self.config.text_config.vocab_size, num_items_in_batch=num_items_in_batch
+            )
+        return HiveCausalLMOutputWithPast(
+            loss=loss,
+            logits=out.logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            image_attentions=tuple(attentions) if attentions is not None else None,
+            image_key_values=image_key_values,
+        )
+
+    def _forward_concat(
+        self,
+        input_ids, pixel_values, attention_mask, position_ids, past_key_values, inputs_embeds, labels,
+        use_cache, output_attentions, output_hidden_states, logits_to_keep, num_items_in_batch, **kwargs,
+    ) -> HiveCausalLMOutputWithPast:
+        """SA baseline: vision tokens at the image placeholder positions, or prepended when there are none."""
+        image_token_id = self.config.resolved_image_token_id
+        is_image = input_ids == image_token_id if input_ids is not None else None
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))  # (B, T, D)
+        batch, seq_len = inputs_embeds.shape[:2]
+        if labels is not None and is_image is not None:
+            labels = labels.masked_fill(is_image, -100)  # image positions never count in the loss
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=inputs_embeds.device)
+
+        prepended = 0
+        image_positions = None
+        if pixel_values is not None:
+            image_embeds = self.get_image_features(pixel_values)  # (B, N, D)
+            num_image = image_embeds.shape[1]
+            found = int(is_image.sum()) if is_image is not None else 0
+            if found == 0:
+                prepended = num_image
+                inputs_embeds = torch.cat([image_embeds, inputs_embeds], dim=1)
+                attention_mask = torch.cat([attention_mask.new_ones(batch, num_image), attention_mask], dim=1)
+                position_ids = None  # recounted below over image + text
+            elif found != batch * num_image:
+                raise ValueError(
+                    f"input_ids hold {found} image placeholder tokens (id {image_token_id}) but the images give "
+                    f"{batch} x {num_image} = {batch * num_image} vision tokens; put {num_image} placeholders per "
+                    "sequence (HiveProcessor does) or none to have them prepended."
+                )
+            else:
+                inputs_embeds = inputs_embeds.masked_scatter(is_image[..., None], image_embeds)
+                image_positions = is_image.nonzero()[:, 1].view(batch, num_image)
+        else:
+            # Decoding after a prefill that prepended the image: the cache holds image positions the 2-D mask lacks.
+            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            if attention_mask.shape[1] < past + seq_len:
+                pad = past + seq_len - attention_mask.shape[1]
+                attention_mask = torch.cat([attention_mask.new_ones(batch, pad), attention_mask], dim=1)
+                position_ids = None
+
+        if output_attentions and self.config.text_config._attn_implementation != "eager":
+            raise ValueError(
+                "fusion='concat' reads image attention from the LLM's own attention weights; load the model with "
+                "attn_implementation='eager' to use output_attentions=True."
+            )
+        position_ids = _position_ids(attention_mask, position_ids, past_key_values, inputs_embeds.shape[1])
+        out = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=bool(output_attentions),
+            output_hidden_states=output_hidden_states,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        logits = out.logits
+        loss = None
+        if labels is not None:
+            if prepended:  # the last image token predicts the first text token, as with placeholders
+                labels = torch.cat([labels.new_full((batch, prepended), -100), labels], dim=1)
+            loss = ForCausalLMLoss(logits, labels, self.config.text_config.vocab_size, num_items_in_batch=num_items_in_batch)
+        if prepended and logits.shape[1] == inputs_embeds.shape[1]:
+            logits = logits[:, prepended:]  # aligned with input_ids
+
+        image_attentions = None
+        if output_attentions and pixel_values is not None:
+            if prepended:
+                image_attentions = tuple(a[:, :, prepended:, :prepended] for a in out.attentions)
+            else:
+                index = image_positions[:, None, None, :]  # (B, 1, 1, N)
+                image_attentions = tuple(
+                    a.gather(-1, index.expand(*a.shape[:3], index.shape[-1])) for a in out.attentions
+                )
+        return HiveCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            image_attentions=image_attentions,
+        )
+
+    # -- generation ----------------------------------------------------------------------------------------------
+    def _update_model_kwargs_for_generation(
+        self, outputs: ModelOutput, model_kwargs: dict[str, Any], is_encoder_decoder: bool = False,
+        num_new_tokens: int = 1,
+    ) -> dict[str, Any]:
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+        # Image keys/values are computed at prefill and reused; `pixel_values` are dropped after it with a cache.
+        if model_kwargs.get("use_cache", True) and getattr(outputs, "image_key_values", None) is not None:
+            model_kwargs["image_key_values"] = outputs.image_key_values
+        return model_kwargs
+
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if model_inputs.get("image_key_values") is not None:
+            model_inputs.pop("pixel_values", None)
+        return model_inputs
+
+
+def _position_ids(
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    past_key_values: Cache | None,
+    seq_len: int,
+) -> torch.Tensor | None:
+    """Positions that skip padding, so a padded sequence is computed as it would be alone."""
+    if position_ids is not None or attention_mask is None or attention_mask.dim() != 2:
+        return position_ids
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, past + T)
+    return positions[:, -seq_len:]
+
+
+__all__ = ["HivePreTrainedModel", "HiveVisionEncoderModel", "HiveForConditionalGeneration"]

@@ -1,0 +1,75 @@
+"""Saved HIVE folders load through remote code in a process where `hive_hf` cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from tiny import FUSIONS, set_gates, tiny_inputs, tiny_model
+
+LOADER = textwrap.dedent(
+    """
+    import sys
+
+    class BlockHive:
+        # A meta-path finder that refuses `hive_hf`: what a user without the package has.
+        def find_spec(self, name, path=None, target=None):
+            if name == "hive_hf" or name.startswith("hive_hf."):
+                raise ImportError("hive_hf is blocked in this process")
+            return None
+
+    sys.meta_path.insert(0, BlockHive())
+    try:
+        import hive_hf  # noqa: F401
+        raise SystemExit("hive_hf was importable")
+    except ImportError:
+        pass
+
+    import torch
+    from transformers import AutoModel, AutoModelForImageTextToText
+
+    folder, inputs_file, out_file = sys.argv[1:4]
+    inputs = torch.load(inputs_file)
+    full = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+    encoder = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = full(**inputs).logits
+        features = encoder(inputs["pixel_values"]).hierarchical_features
+    assert "hive_hf" not in sys.modules
+    torch.save({"logits": logits, "features": features, "classes": [type(full).__module__, type(encoder).__name__]},
+               out_file)
+    """
+)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_remote_code_loads_with_equal_outputs(fusion, tmp_path):
+    model = tiny_model(fusion=fusion)
+    set_gates(model, 0.4)
+    inputs = tiny_inputs(model.config)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        features = model.vision_model(inputs["pixel_values"]).hierarchical_features
+    folder = tmp_path / "hive-tiny"
+    model.save_pretrained(folder)
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_hive.HiveVisionEncoderModel"
+    assert auto_map["AutoModelForImageTextToText"] == "modeling_hive.HiveForConditionalGeneration"
+    torch.save(inputs, tmp_path / "inputs.pt")
+    (tmp_path / "load.py").write_text(LOADER)
+
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "load.py"), str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt")
+    assert out["classes"][0].startswith("transformers_modules.")
+    assert out["classes"][1] == "HiveVisionEncoderModel"
+    torch.testing.assert_close(out["logits"], logits, atol=0, rtol=0)
+    for a, b in zip(out["features"], features):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
