@@ -1,0 +1,44 @@
+"""Data for HIVE pre-training: the embedded synthetic captioned-shapes set and robust image-caption loading.
+
+``load_caption_dataset(source, ...)`` returns a dataset with an ``image`` column (``Image(decode=False)``: rows hold
+``{"bytes", "path"}``) and a ``caption`` column; ``decode_image`` turns an image entry into RGB PIL or ``None`` for a
+bad file, and ``SkipCounter`` counts the rows skipped that way.
+"""
+
+from .captions import (
+    CAPTION_COLUMN,
+    IMAGE_COLUMN,
+    SkipCounter,
+    decode_image,
+    iter_decoded,
+    load_caption_dataset,
+    normalize_caption,
+)
+from .synthetic import (
+    COLORS,
+    NUMBER_WORDS,
+    POSITIONS,
+    SHAPES,
+    draw_shapes,
+    make_shapes_dataset,
+    shapes_caption,
+    shapes_features,
+)
+
+__all__ = [
+    "CAPTION_COLUMN",
+    "COLORS",
+    "IMAGE_COLUMN",
+    "NUMBER_WORDS",
+    "POSITIONS",
+    "SHAPES",
+    "SkipCounter",
+    "decode_image",
+    "draw_shapes",
+    "iter_decoded",
+    "load_caption_dataset",
+    "make_shapes_dataset",
+    "normalize_caption",
+    "shapes_caption",
+    "shapes_features",
+]
