@@ -40,6 +40,25 @@ logger = logging.get_logger(__name__)
 # Attention implementations the image-joined attention computes itself (it needs an explicit mask with image columns).
 _JOINT_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
+# What each pre-training stage trains (paper, Sec. 3.5): 1 the connector, 2 + the LLM, 3 + the vision encoder.
+STAGE_COMPONENTS = {
+    1: frozenset({"projector", "fusion"}),
+    2: frozenset({"projector", "fusion", "llm"}),
+    3: frozenset({"projector", "fusion", "llm", "vision"}),
+}
+
+
+def parameter_component(name: str) -> str:
+    """Which part of a HIVE model a parameter belongs to: `vision`, `projector`, `fusion` (the new cross-attention
+    weights, gates and separate image k/v projections inside the LLM) or `llm`."""
+    if name.startswith("vision_model."):
+        return "vision"
+    if name.startswith("projectors."):
+        return "projector"
+    if ".cross_attn." in name or ".image_k_proj." in name or ".image_v_proj." in name:
+        return "fusion"
+    return "llm"
+
 
 @dataclass
 class HiveVisionEncoderOutput(ModelOutput):
@@ -556,12 +575,60 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.language_model.get_decoder()
 
+    # -- training stages ---------------------------------------------------------------------------------------------
+    def _unused_vision_parameters(self) -> set[str]:
+        """Encoder parameters HIVE training never reaches: blocks after the deepest tapped layer, the post norm and
+        the pooling head. They stay frozen in stage 3 (they would get no gradient anyway)."""
+        tower = self.vision_model.vision_tower
+        if not self.vision_model._can_stop_early:
+            return set()
+        deepest = max(self.config.vision_feature_layers)
+        used = ["embeddings.", "pre_layrnorm."] + [f"encoder.layers.{i}." for i in range(deepest)]
+        prefix = "vision_model.vision_tower."
+        return {prefix + n for n, _ in tower.named_parameters() if not any(n.startswith(u) for u in used)}
+
+    def set_training_stage(self, stage: int) -> dict[str, dict[str, int]]:
+        """Make exactly what `stage` trains trainable and freeze everything else.
+
+        Stage 1: the connector (projectors; in gated / separate-kv modes also the new cross-attention weights and
+        gates). Stage 2: + the LLM (only its LoRA adapters if the LLM carries `lora_` parameters). Stage 3: + the
+        vision encoder. The stage is recorded in `config.training_stage`. Returns `trainable_parameter_counts()`.
+        """
+        if stage not in STAGE_COMPONENTS:
+            raise ValueError(f"`stage` must be 1, 2 or 3, got {stage!r}.")
+        components = STAGE_COMPONENTS[stage]
+        has_lora = any("lora_" in name for name, _ in self.named_parameters())
+        unused = self._unused_vision_parameters()
+        for name, param in self.named_parameters():
+            component = parameter_component(name)
+            trainable = component in components and name not in unused
+            if component == "llm" and has_lora:
+                trainable = trainable and "lora_" in name
+            param.requires_grad_(trainable)
+        self.config.training_stage = stage
+        return self.trainable_parameter_counts()
+
+    def trainable_parameter_counts(self) -> dict[str, dict[str, int]]:
+        """`{component: {"trainable": n, "total": n}}` for vision, projector, fusion and llm."""
+        counts = {c: {"trainable": 0, "total": 0} for c in ("vision", "projector", "fusion", "llm")}
+        for name, param in self.named_parameters():
+            entry = counts[parameter_component(name)]
+            entry["total"] += param.numel()
+            entry["trainable"] += param.numel() if param.requires_grad else 0
+        return counts
+
     # -- vision side ---------------------------------------------------------------------------------------------
+    def _vision_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # A frozen encoder (stages 1 and 2) keeps no activations for backward: that memory is the encoder's size.
+        frozen = not any(p.requires_grad for p in self.vision_model.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            return self.vision_model.hierarchical_features(pixel_values)
+
     def get_image_key_values(self, pixel_values: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Per fused LLM layer the image (key, value), computed once per image. joint/gated only."""
         if self.config.fusion == "concat":
             raise ValueError("fusion='concat' puts image tokens into the sequence; it has no image key/values.")
-        features = self.vision_model.hierarchical_features(pixel_values)
+        features = self._vision_features(pixel_values)
         layers = self._decoder_layers()
         dtype = self.get_input_embeddings().weight.dtype
         image_kv = []
@@ -576,7 +643,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """concat mode: the projected vision tokens that enter the LLM sequence, (B, N, D_text)."""
-        feature = self.vision_model.hierarchical_features(pixel_values)[0]
+        feature = self._vision_features(pixel_values)[0]
         return self.projectors[0](feature).to(self.get_input_embeddings().weight.dtype)
 
     # -- forward ---------------------------------------------------------------------------------------------------

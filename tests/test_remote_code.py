@@ -8,7 +8,12 @@ import textwrap
 
 import pytest
 import torch
+from PIL import Image
 from tiny import FUSIONS, set_gates, tiny_inputs, tiny_model
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+from hive_hf import HiveProcessor
+from hive_hf.backbones import build_word_tokenizer
 
 LOADER = textwrap.dedent(
     """
@@ -29,7 +34,8 @@ LOADER = textwrap.dedent(
         pass
 
     import torch
-    from transformers import AutoModel, AutoModelForImageTextToText
+    from PIL import Image
+    from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
     folder, inputs_file, out_file = sys.argv[1:4]
     inputs = torch.load(inputs_file)
@@ -38,9 +44,12 @@ LOADER = textwrap.dedent(
     with torch.no_grad():
         logits = full(**inputs).logits
         features = encoder(inputs["pixel_values"]).hierarchical_features
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    batch = processor(images=[Image.new("RGB", (20, 20), (200, 30, 30))], text=["two red circles."], add_eos=True,
+                      return_labels=True)
     assert "hive_hf" not in sys.modules
-    torch.save({"logits": logits, "features": features, "classes": [type(full).__module__, type(encoder).__name__]},
-               out_file)
+    torch.save({"logits": logits, "features": features, "batch": dict(batch),
+                "classes": [type(full).__module__, type(encoder).__name__, type(processor).__module__]}, out_file)
     """
 )
 
@@ -55,6 +64,12 @@ def test_remote_code_loads_with_equal_outputs(fusion, tmp_path):
         features = model.vision_model(inputs["pixel_values"]).hierarchical_features
     folder = tmp_path / "hive-tiny"
     model.save_pretrained(folder)
+    processor = HiveProcessor.for_model_config(
+        model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}),
+        build_word_tokenizer(["two red circles."]))
+    processor.save_pretrained(folder)
+    expected_batch = processor(images=[Image.new("RGB", (20, 20), (200, 30, 30))], text=["two red circles."],
+                               add_eos=True, return_labels=True)
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModel"] == "modeling_hive.HiveVisionEncoderModel"
     assert auto_map["AutoModelForImageTextToText"] == "modeling_hive.HiveForConditionalGeneration"
@@ -70,6 +85,9 @@ def test_remote_code_loads_with_equal_outputs(fusion, tmp_path):
     out = torch.load(tmp_path / "out.pt")
     assert out["classes"][0].startswith("transformers_modules.")
     assert out["classes"][1] == "HiveVisionEncoderModel"
+    assert out["classes"][2].startswith("transformers_modules.")
+    for key, value in expected_batch.items():
+        assert torch.equal(out["batch"][key], value), key
     torch.testing.assert_close(out["logits"], logits, atol=0, rtol=0)
     for a, b in zip(out["features"], features):
         torch.testing.assert_close(a, b, atol=0, rtol=0)

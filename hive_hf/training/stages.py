@@ -1,0 +1,62 @@
+"""The three pre-training stages: their default hyperparameters and optional LoRA for the LLM in stage 2.
+
+Defaults are the paper's (HIVE, arXiv 2604.00086, appendix table; peak learning rates from the authors' scripts):
+
+| | stage 1 | stage 2 | stage 3 |
+|---|---|---|---|
+| trains | connector | + LLM | + vision encoder |
+| global batch | 256 | 256 | 1024 |
+| epochs | 1 | 2 | 1 |
+| grad clip | 1.0 | 10.0 | 10.0 |
+| warmup steps | 70 | 140 | 18 |
+| peak lr | 1e-3 | 1e-4 | 5e-6 |
+
+All use decoupled AdamW with linear warmup and cosine decay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class StageHyperparameters:
+    batch_size: int
+    epochs: float
+    max_grad_norm: float
+    warmup_steps: int
+    learning_rate: float
+
+
+STAGE_DEFAULTS: dict[int, StageHyperparameters] = {
+    1: StageHyperparameters(batch_size=256, epochs=1, max_grad_norm=1.0, warmup_steps=70, learning_rate=1e-3),
+    2: StageHyperparameters(batch_size=256, epochs=2, max_grad_norm=10.0, warmup_steps=140, learning_rate=1e-4),
+    3: StageHyperparameters(batch_size=1024, epochs=1, max_grad_norm=10.0, warmup_steps=18, learning_rate=5e-6),
+}
+
+# The LLM's own linear layers; the HIVE cross-attention (`cross_attn.*`) and image k/v projections are connector
+# weights that train in full, so they are not adapted.
+LORA_TARGETS = r".*\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+
+def apply_lora(model: torch.nn.Module, r: int = 16, alpha: int = 32, dropout: float = 0.05) -> None:
+    """Put LoRA adapters on the LLM's linear layers (peft), for a stage-2 that adapts the LLM lightly."""
+    from peft import LoraConfig, LoraModel
+
+    if r <= 0:
+        raise ValueError(f"`lora_r` must be positive to use LoRA, got {r}.")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS)
+    model.language_model = LoraModel(model.language_model, config, "default")
+
+
+def merge_lora(model: torch.nn.Module) -> None:
+    """Fold LoRA adapters into the LLM's weights, leaving a plain HIVE model for saving and later stages."""
+    from peft import LoraModel
+
+    if isinstance(model.language_model, LoraModel):
+        model.language_model = model.language_model.merge_and_unload()

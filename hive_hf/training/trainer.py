@@ -1,0 +1,98 @@
+"""HiveTrainer: `Trainer` with stage-aware optimizer groups and a count of skipped images.
+
+It overrides only documented hooks (`create_optimizer`, `compute_loss`); everything that does not change the loop
+(applying and guarding the stage) is `HiveStageCallback`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.utils import logging
+
+from ..modeling_hive import parameter_component
+from .callback import HiveStageCallback
+from .collator import SKIPPED_KEY
+
+logger = logging.get_logger(__name__)
+
+
+def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    # Norm weights, biases and tanh gates are 1-D; decaying them pulls gates back to zero and norms to nothing.
+    return param.ndim < 2 or name.endswith(".bias") or name.endswith(".gate")
+
+
+def build_param_groups(
+    model: torch.nn.Module,
+    weight_decay: float,
+    learning_rate: float,
+    lr_multipliers: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Optimizer groups over the trainable parameters only: per component (vision, projector, fusion, llm) and
+    decay / no-decay, each with `learning_rate * lr_multipliers.get(component, 1)`."""
+    lr_multipliers = dict(lr_multipliers or {})
+    unknown = set(lr_multipliers) - {"vision", "projector", "fusion", "llm"}
+    if unknown:
+        raise ValueError(f"lr multipliers name unknown components {sorted(unknown)}; use vision, projector, fusion, llm.")
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        component = parameter_component(name)
+        decay = not _no_decay(name, param)
+        group = groups.setdefault((component, decay), {
+            "params": [], "names": [], "component": component,
+            "weight_decay": weight_decay if decay else 0.0,
+            "lr": learning_rate * lr_multipliers.get(component, 1.0),
+        })
+        group["params"].append(param)
+        group["names"].append(name)
+    if not groups:
+        raise ValueError("No parameter is trainable: apply a training stage (model.set_training_stage) first.")
+    return list(groups.values())
+
+
+class HiveTrainer(Trainer):
+    """`Trainer` for one HIVE pre-training stage.
+
+    Args:
+        stage (`int`, *optional*): 1, 2 or 3; adds a `HiveStageCallback` that applies it before the optimizer is
+            built and guards frozen weights during training.
+        lr_multipliers (`dict[str, float]`, *optional*): per-component learning-rate factors, e.g. `{"vision": 0.1}`.
+        All other arguments are `Trainer`'s.
+    """
+
+    def __init__(self, *args: Any, stage: int | None = None, lr_multipliers: dict[str, float] | None = None,
+                 **kwargs: Any):
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if stage is not None and not any(isinstance(c, HiveStageCallback) for c in callbacks):
+            callbacks.append(HiveStageCallback(stage))
+        self.lr_multipliers = lr_multipliers
+        self.skipped_images = 0
+        super().__init__(*args, callbacks=callbacks, **kwargs)
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            groups = build_param_groups(model, self.args.weight_decay, self.args.learning_rate, self.lr_multipliers)
+            for group in groups:
+                group.pop("names")
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | None = None):
+        skipped = inputs.pop(SKIPPED_KEY, None)
+        if skipped is not None:
+            self.skipped_images += int(skipped)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def total_skipped_images(self) -> int:
+        """Skipped images summed over all processes."""
+        count = torch.tensor(self.skipped_images, device=self.args.device)
+        if self.args.world_size > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        return int(count)
