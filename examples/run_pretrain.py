@@ -275,7 +275,7 @@ def run_stage(stage, start_dir: Path, model_args, data_args, args, train_data, o
     collator = HiveCaptionCollator(processor, prompt=data_args.prompt, max_length=data_args.max_caption_length)
     trainer = HiveTrainer(
         model=model, args=stage_args, train_dataset=train_data, data_collator=collator, stage=stage,
-        lr_multipliers=args.lr_multipliers,
+        lr_multipliers=args.lr_multipliers, processing_class=processor,  # checkpoints carry the processor too
     )
     last = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
     if last:
@@ -287,13 +287,12 @@ def run_stage(stage, start_dir: Path, model_args, data_args, args, train_data, o
     trainer.save_model(str(stage_dir))
     metrics = dict(result.metrics)
     metrics["skipped_images"] = trainer.total_skipped_images()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    metrics.update(stage=stage, first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [metrics["train_loss"]]
+    metrics.update(stage=stage, first_loss=losses[0], last_loss=losses[-1])
     trainer.log_metrics(f"stage{stage}", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        processor.save_pretrained(stage_dir)
         plot_loss_curves({f"stage {stage}": trainer.state.log_history}, stage_dir / "loss_curve.png",
                          title=f"HIVE stage {stage} ({model.config.fusion})")
         marker.write_text(json.dumps({**metrics, "log_history": trainer.state.log_history}, indent=2))
