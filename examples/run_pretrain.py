@@ -231,7 +231,7 @@ def build_start(model_args, data_args, args, train_data, out: Path):
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
     else:
         if model_args.tiny_backbones:
-            captions = [row[data_args.caption_column] for row in _take(train_data, 5000)]
+            captions = [row["caption"] for row in _take(train_data, 5000)]  # columns are renamed on loading
             vision_path, text_path = write_tiny_backbones(
                 out / "backbones", captions, text_pretrain_steps=model_args.tiny_text_pretrain_steps, seed=args.seed
             )
@@ -272,6 +272,10 @@ def run_stage(stage, start_dir: Path, model_args, data_args, args, train_data, o
     if lora:
         apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
     stage_args = args.for_stage(stage, stage_dir)
+    if data_args.streaming:
+        # Skipped images make batch sizes vary; each process then collates its own batches instead of the main
+        # process concatenating equal-sized ones.
+        stage_args.accelerator_config.dispatch_batches = False
     collator = HiveCaptionCollator(processor, prompt=data_args.prompt, max_length=data_args.max_caption_length)
     trainer = HiveTrainer(
         model=model, args=stage_args, train_dataset=train_data, data_collator=collator, stage=stage,

@@ -1,0 +1,171 @@
+"""examples/run_pretrain.py end to end: three stages, resume after a kill, bad flags, torchrun DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "run_pretrain.py"
+DEMO = ROOT / "examples" / "configs" / "demo.json"
+FAST = ["--max_train_samples", "96", "--per_device_train_batch_size", "8", "--stage_batch_sizes", "8", "8", "8",
+        "--tiny_text_pretrain_steps", "5", "--logging_steps", "1", "--disable_tqdm", "True"]
+
+pytestmark = pytest.mark.slow
+
+
+def run(args, timeout=300, **kwargs):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def test_three_stages_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    proc = run([DEMO, "--output_dir", out, *FAST, "--stage_max_steps", "4", "4", "4", "--save_steps", "2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "HIVE pre-training finished" in proc.stdout
+    assert (out / "loss_curves.png").stat().st_size > 1000
+    for stage in (1, 2, 3):
+        folder = out / f"stage{stage}"
+        summary = json.loads((folder / "hive_stage.json").read_text())
+        assert summary["stage"] == stage and summary["skipped_images"] == 0
+        assert (folder / "loss_curve.png").exists() and (folder / "all_results.json").exists()
+        assert json.loads((folder / "config.json").read_text())["training_stage"] == stage
+        assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == 4
+        assert (folder / "processor_config.json").exists() and (folder / "processing_hive.py").exists()
+
+    from transformers import AutoModel, AutoProcessor
+
+    from hive_hf import HiveForConditionalGeneration, HiveVisionEncoderModel
+
+    encoder = AutoModel.from_pretrained(out / "stage3")
+    assert isinstance(encoder, HiveVisionEncoderModel)
+    # each stage starts from the previous one: stage 2 keeps stage 1's encoder, stage 3 changes it
+    s1, s2, s3 = (HiveForConditionalGeneration.from_pretrained(out / f"stage{s}") for s in (1, 2, 3))
+    key = "vision_tower.encoder.layers.0.mlp.fc1.weight"
+    v1, v2, v3 = (m.vision_model.state_dict()[key] for m in (s1, s2, s3))
+    assert torch.equal(v1, v2) and not torch.equal(v2, v3)
+    processor = AutoProcessor.from_pretrained(out / "stage3")
+    assert processor.max_length == 77
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path):
+    out = tmp_path / "run"
+    args = [DEMO, "--output_dir", out, *FAST, "--stage_max_steps", "3", "40", "3", "--save_steps", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = out / "stage2" / "checkpoint-4"
+    deadline = time.time() + 240
+    while not (checkpoint / "trainer_state.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint finish writing
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (out / "stage1" / "hive_stage.json").exists() and not (out / "stage2" / "hive_stage.json").exists()
+    stage1_mtime = (out / "stage1" / "model.safetensors").stat().st_mtime
+
+    again = run(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage 1 already finished" in again.stderr
+    assert "stage 2: resuming from" in again.stderr
+    assert (out / "stage1" / "model.safetensors").stat().st_mtime == stage1_mtime  # stage 1 not redone
+    state = json.loads((out / "stage2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 40
+    steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+    assert json.loads((out / "stage3" / "hive_stage.json").read_text())["stage"] == 3
+
+
+def _load_script():
+    import importlib.util
+
+    if "run_pretrain" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("run_pretrain", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["run_pretrain"] = module  # dataclasses resolve string annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules["run_pretrain"]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--tiny_backbones", "True", "--vision_model_name_or_path", "x", "--text_model_name_or_path", "y"],
+         ["exactly one model source", "--tiny_backbones"]),
+        (["--vision_model_name_or_path", "x"], ["--text_model_name_or_path"]),
+        (["--tiny_backbones", "True", "--fusion", "cross"], ["--fusion", "'cross'"]),
+        (["--tiny_backbones", "True", "--stages", "2", "1"], ["--stages", "[2, 1]"]),
+        (["--tiny_backbones", "True", "--stage_learning_rates", "1e-3", "1e-4"], ["--stage_learning_rates"]),
+        (["--tiny_backbones", "True", "--streaming", "True"], ["--streaming", "--stage_max_steps"]),
+        (["--tiny_backbones", "True", "--stages", "1", "3", "--lora_r", "8"], ["--lora_r", "stage 2"]),
+    ],
+)
+def test_bad_flag_combinations_are_rejected_naming_the_flags(args, words, tmp_path, monkeypatch):
+    script = _load_script()
+    monkeypatch.setattr(sys, "argv", ["run_pretrain.py", "--output_dir", str(tmp_path / "run"), *args])
+    with pytest.raises(ValueError) as err:
+        script.check_combinations(*script.parse_args())
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_a_bad_combination_stops_the_script_before_any_work(tmp_path):
+    proc = run(["--output_dir", tmp_path / "run", "--tiny_backbones", "True", "--streaming", "True"], timeout=120)
+    assert proc.returncode != 0 and "--stage_max_steps" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_json_file_with_overriding_flags(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"tiny_backbones": True, "output_dir": str(tmp_path / "a"), "stages": [1],
+                                  "stage_max_steps": [2, 2, 2], "max_train_samples": 32, "use_cpu": True,
+                                  "report_to": "none", "per_device_train_batch_size": 8,
+                                  "stage_batch_sizes": [8, 8, 8], "tiny_text_pretrain_steps": 2}))
+    proc = run([config, "--output_dir", tmp_path / "b", "--fusion", "gated"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "a").exists()
+    assert json.loads((tmp_path / "b" / "stage1" / "config.json").read_text())["fusion"] == "gated"
+
+
+def test_streaming_dataset(tmp_path):
+    from hive_hf.data import make_shapes_dataset
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rows = make_shapes_dataset(24, image_size=32)
+    with open(folder / "metadata.jsonl", "w") as f:
+        for i, row in enumerate(rows):
+            row["image"].save(folder / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": row["caption"]}) + "\n")
+    (folder / "3.png").write_bytes(b"broken")  # counted and skipped, never fatal
+    proc = run(["--tiny_backbones", "True", "--output_dir", tmp_path / "run", "--dataset", folder,
+                "--caption_column", "text", "--streaming", "True", "--stages", "1", "--stage_max_steps", "3", "3", "3",
+                "--per_device_train_batch_size", "8", "--stage_batch_sizes", "8", "8", "8", "--use_cpu", "True",
+                "--report_to", "none", "--tiny_text_pretrain_steps", "2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "stage1" / "hive_stage.json").read_text())
+    assert summary["skipped_images"] == 1
+
+
+def test_torchrun_two_processes_train_one_model(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(SCRIPT),
+           str(DEMO), "--output_dir", str(out), *FAST, "--stage_max_steps", "3", "3", "3", "--use_cpu", "True",
+           "--stage_batch_sizes", "16", "16", "16", "--stages", "1", "3"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    state = json.loads((out / "stage3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert state["train_batch_size"] == 8
+    args = torch.load(out / "stage3" / "training_args.bin", weights_only=False)
+    assert args.world_size == 2 and args.gradient_accumulation_steps == 1  # 2 processes x 8 = the global 16
+    assert proc.stdout.count("HIVE pre-training finished") == 1  # one summary, from rank 0
