@@ -169,3 +169,22 @@ def test_torchrun_two_processes_train_one_model(tmp_path):
     args = torch.load(out / "stage3" / "training_args.bin", weights_only=False)
     assert args.world_size == 2 and args.gradient_accumulation_steps == 1  # 2 processes x 8 = the global 16
     assert proc.stdout.count("HIVE pre-training finished") == 1  # one summary, from rank 0
+
+
+def test_fsdp_with_frozen_parameters(tmp_path):
+    """The documented FSDP config: wrapped layers mix frozen and trainable weights (use_orig_params)."""
+    out = tmp_path / "fsdp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534", str(SCRIPT),
+           str(DEMO), "--output_dir", str(out), *FAST, "--stage_max_steps", "2", "2", "2", "--use_cpu", "True",
+           "--stage_batch_sizes", "16", "16", "16", "--fsdp", "full_shard auto_wrap",
+           "--fsdp_config", str(ROOT / "examples" / "configs" / "fsdp_config.json")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    from hive_hf import HiveForConditionalGeneration
+
+    init, stage1, stage3 = (HiveForConditionalGeneration.from_pretrained(out / s).state_dict()
+                            for s in ("init", "stage1", "stage3"))
+    vision = "vision_model.vision_tower.encoder.layers.0.mlp.fc1.weight"
+    assert torch.equal(init[vision], stage1[vision]) and not torch.equal(init[vision], stage3[vision])
+    assert not torch.equal(init["projectors.0.linear_1.weight"], stage1["projectors.0.linear_1.weight"])
