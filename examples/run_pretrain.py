@@ -46,7 +46,7 @@ from hive_hf import HiveForConditionalGeneration, HiveProcessor
 from hive_hf.analysis import plot_loss_curves
 from hive_hf.backbones import write_tiny_backbones
 from hive_hf.configuration_hive import FUSION_MODES
-from hive_hf.data import load_caption_dataset
+from hive_hf.data import decode_image, load_caption_dataset
 from hive_hf.training import STAGE_DEFAULTS, HiveCaptionCollator, HiveTrainer, apply_lora, merge_lora
 
 logger = logging.get_logger("hive_hf.run_pretrain")
@@ -74,6 +74,9 @@ class ModelArguments:
     )
     tiny_text_pretrain_steps: int = field(
         default=300, metadata={"help": "With --tiny_backbones: text-only steps that make the tiny LLM 'pretrained'."}
+    )
+    tiny_vision_pretrain_steps: int = field(
+        default=300, metadata={"help": "With --tiny_backbones: SigLIP-style image-caption steps for the tiny tower."}
     )
     fusion: str = field(default="joint", metadata={"help": f"One of {FUSION_MODES}; concat is the SA baseline."})
     vision_feature_layers: list[int] | None = field(
@@ -231,9 +234,12 @@ def build_start(model_args, data_args, args, train_data, out: Path):
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
     else:
         if model_args.tiny_backbones:
-            captions = [row["caption"] for row in _take(train_data, 5000)]  # columns are renamed on loading
+            rows = [(decode_image(r["image"]), r["caption"]) for r in _take(train_data, 5000)]  # renamed columns
+            rows = [(image, caption) for image, caption in rows if image is not None]
             vision_path, text_path = write_tiny_backbones(
-                out / "backbones", captions, text_pretrain_steps=model_args.tiny_text_pretrain_steps, seed=args.seed
+                out / "backbones", [c for _, c in rows], images=[i for i, _ in rows], seed=args.seed,
+                text_pretrain_steps=model_args.tiny_text_pretrain_steps,
+                vision_pretrain_steps=model_args.tiny_vision_pretrain_steps,
             )
         else:
             vision_path, text_path = model_args.vision_model_name_or_path, model_args.text_model_name_or_path

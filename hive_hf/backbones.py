@@ -7,7 +7,7 @@ They are written to folders exactly like Hub checkpoints, so every script runs o
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -48,12 +48,16 @@ def write_tiny_backbones(
     num_layers: int = 4,
     seed: int = 0,
     text_pretrain_steps: int = 0,
+    images: Sequence | None = None,
+    vision_pretrain_steps: int = 0,
 ) -> tuple[str, str]:
     """Write `folder/vision` (SiglipVisionModel + image processor) and `folder/text` (LlamaForCausalLM +
     tokenizer); returns their paths. Deterministic for a given seed.
 
-    HIVE starts from a pretrained LLM; `text_pretrain_steps` > 0 first trains the tiny LLM on `texts` alone (no
-    images), so that the demo's stage 1 has a language model worth connecting to, as in the paper.
+    HIVE starts from a pretrained LLM and a pretrained vision tower. `text_pretrain_steps` > 0 first trains the
+    tiny LLM on `texts` alone (no images); `vision_pretrain_steps` > 0 trains the tiny tower SigLIP-style (sigmoid
+    image-text contrastive loss against a bag-of-words text encoder that is then thrown away) on `images` paired
+    with `texts`. The demo's stage 1 then connects two pretrained models, as in the paper.
     """
     folder = Path(folder)
     texts = list(texts)
@@ -63,8 +67,13 @@ def write_tiny_backbones(
         hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=4, image_size=image_size, patch_size=patch_size,
     ))
+    image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+    if vision_pretrain_steps > 0:
+        if images is None or len(images) != len(texts):
+            raise ValueError("`vision_pretrain_steps` needs `images`, one per text.")
+        _pretrain_vision(vision, image_processor, tokenizer, list(images), texts, vision_pretrain_steps, seed)
     vision.save_pretrained(folder / "vision")
-    SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(folder / "vision")
+    image_processor.save_pretrained(folder / "vision")
     llm = LlamaForCausalLM(LlamaConfig(
         hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
@@ -93,3 +102,33 @@ def _pretrain_text(llm: LlamaForCausalLM, tokenizer, texts: list[str], steps: in
         optimizer.step()
         optimizer.zero_grad()
     llm.eval()
+
+
+def _pretrain_vision(vision: SiglipVisionModel, image_processor, tokenizer, images: list, texts: list[str],
+                     steps: int, seed: int, batch_size: int = 64):
+    """A miniature SigLIP pre-training: pooled image embedding vs mean word embedding, sigmoid pairwise loss."""
+    from tqdm.auto import tqdm
+
+    width = vision.config.hidden_size
+    words = torch.nn.EmbeddingBag(len(tokenizer), width, mode="mean")
+    scale, bias = torch.nn.Parameter(torch.tensor(2.3)), torch.nn.Parameter(torch.tensor(-10.0))  # SigLIP's init
+    params = [*vision.parameters(), *words.parameters(), scale, bias]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    token_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    vision.train()
+    for _ in tqdm(range(steps), desc="pre-training the tiny vision tower (SigLIP loss)", leave=False):
+        rows = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
+        pixels = image_processor(images=[images[i] for i in rows], return_tensors="pt")["pixel_values"]
+        flat = torch.tensor([t for i in rows for t in token_ids[i]])
+        offsets = torch.tensor([0, *torch.tensor([len(token_ids[i]) for i in rows]).cumsum(0)[:-1].tolist()])
+        image_emb = torch.nn.functional.normalize(vision(pixel_values=pixels).pooler_output, dim=-1)
+        text_emb = torch.nn.functional.normalize(words(flat, offsets), dim=-1)
+        logits = image_emb @ text_emb.T * scale.exp() + bias  # (B, B)
+        # identical captions are positives too
+        same = torch.tensor([[texts[i] == texts[j] for j in rows] for i in rows], dtype=torch.float32)
+        loss = -torch.nn.functional.logsigmoid((2 * same - 1) * logits).sum() / batch_size
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    vision.eval()

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_pretrain.py"
 DEMO = ROOT / "examples" / "configs" / "demo.json"
 FAST = ["--max_train_samples", "96", "--per_device_train_batch_size", "8", "--stage_batch_sizes", "8", "8", "8",
-        "--tiny_text_pretrain_steps", "5", "--logging_steps", "1", "--disable_tqdm", "True"]
+        "--tiny_text_pretrain_steps", "5", "--tiny_vision_pretrain_steps", "3", "--logging_steps", "1",
+        "--disable_tqdm", "True"]
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +129,8 @@ def test_json_file_with_overriding_flags(tmp_path):
     config.write_text(json.dumps({"tiny_backbones": True, "output_dir": str(tmp_path / "a"), "stages": [1],
                                   "stage_max_steps": [2, 2, 2], "max_train_samples": 32, "use_cpu": True,
                                   "report_to": "none", "per_device_train_batch_size": 8,
-                                  "stage_batch_sizes": [8, 8, 8], "tiny_text_pretrain_steps": 2}))
+                                  "stage_batch_sizes": [8, 8, 8], "tiny_text_pretrain_steps": 2,
+                                  "tiny_vision_pretrain_steps": 2}))
     proc = run([config, "--output_dir", tmp_path / "b", "--fusion", "gated"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "a").exists()
@@ -149,7 +151,7 @@ def test_streaming_dataset(tmp_path):
     proc = run(["--tiny_backbones", "True", "--output_dir", tmp_path / "run", "--dataset", folder,
                 "--caption_column", "text", "--streaming", "True", "--stages", "1", "--stage_max_steps", "3", "3", "3",
                 "--per_device_train_batch_size", "8", "--stage_batch_sizes", "8", "8", "8", "--use_cpu", "True",
-                "--report_to", "none", "--tiny_text_pretrain_steps", "2"])
+                "--report_to", "none", "--tiny_text_pretrain_steps", "2", "--tiny_vision_pretrain_steps", "2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "stage1" / "hive_stage.json").read_text())
     assert summary["skipped_images"] == 1
