@@ -47,6 +47,7 @@ from hive_hf.analysis import plot_loss_curves
 from hive_hf.backbones import write_tiny_backbones
 from hive_hf.configuration_hive import FUSION_MODES
 from hive_hf.data import decode_image, load_caption_dataset
+from hive_hf.release import HiveHubCallback
 from hive_hf.training import STAGE_DEFAULTS, HiveCaptionCollator, HiveTrainer, apply_lora, merge_lora
 
 logger = logging.get_logger("hive_hf.run_pretrain")
@@ -283,9 +284,11 @@ def run_stage(stage, start_dir: Path, model_args, data_args, args, train_data, o
         # process concatenating equal-sized ones.
         stage_args.accelerator_config.dispatch_batches = False
     collator = HiveCaptionCollator(processor, prompt=data_args.prompt, max_length=data_args.max_caption_length)
+    hub_callback = HiveHubCallback(run_dir=out) if stage_args.push_to_hub else None  # model code + HIVE card in pushes
     trainer = HiveTrainer(
         model=model, args=stage_args, train_dataset=train_data, data_collator=collator, stage=stage,
         lr_multipliers=args.lr_multipliers, processing_class=processor,  # checkpoints carry the processor too
+        callbacks=[hub_callback] if hub_callback else None,
     )
     last = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
     if last:
@@ -295,6 +298,8 @@ def run_stage(stage, start_dir: Path, model_args, data_args, args, train_data, o
         merge_lora(trainer.model)
     trainer.model.config.training_stage = stage
     trainer.save_model(str(stage_dir))
+    if hub_callback is not None:
+        hub_callback.push_card(trainer)  # the Trainer's end-of-training push wrote its generic card: put HIVE's back
     metrics = dict(result.metrics)
     metrics["skipped_images"] = trainer.total_skipped_images()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [metrics["train_loss"]]
@@ -329,6 +334,11 @@ def main() -> None:
     )
     with args.main_process_first(desc="building the starting model"):
         start = build_start(model_args, data_args, args, train_data, out)
+        if args.process_index == 0:  # what was run, readable without unpickling training_args.bin (no tokens)
+            stage_fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(HivePretrainingArguments)
+                            if f.name.startswith("stage") or f.name.startswith("lora_")}
+            record = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), **stage_fields}
+            (out / "run_args.json").write_text(json.dumps(record, indent=2, default=str))
 
     summaries = {}
     for stage in args.stages:
