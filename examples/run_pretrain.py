@@ -39,7 +39,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor
@@ -48,7 +47,14 @@ from hive_hf.backbones import write_tiny_backbones
 from hive_hf.configuration_hive import FUSION_MODES
 from hive_hf.data import decode_image, load_caption_dataset
 from hive_hf.release import HiveHubCallback
-from hive_hf.training import STAGE_DEFAULTS, HiveCaptionCollator, HiveTrainer, apply_lora, merge_lora
+from hive_hf.training import (
+    STAGE_DEFAULTS,
+    HiveCaptionCollator,
+    HiveTrainer,
+    apply_lora,
+    last_complete_checkpoint,
+    merge_lora,
+)
 
 logger = logging.get_logger("hive_hf.run_pretrain")
 STAGE_MARKER = "hive_stage.json"
@@ -290,7 +296,7 @@ def run_stage(stage, start_dir: Path, model_args, data_args, args, train_data, o
         lr_multipliers=args.lr_multipliers, processing_class=processor,  # checkpoints carry the processor too
         callbacks=[hub_callback] if hub_callback else None,
     )
-    last = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
+    last = last_complete_checkpoint(stage_dir)
     if last:
         logger.warning(f"stage {stage}: resuming from {last}")
     result = trainer.train(resume_from_checkpoint=last)

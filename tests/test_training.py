@@ -263,3 +263,16 @@ def test_bf16_autocast_step_runs_where_supported(shapes, tmp_path):
 
 def test_config_default_is_unstaged():
     assert tiny_config().training_stage is None
+
+
+def test_resume_passes_over_a_checkpoint_cut_off_while_saving(tmp_path):
+    from hive_hf.training import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "none") is None
+    for step, state in [(2, '{"global_step": 2}'), (10, '{"global_step": 10}'), (12, '{"global_st'), (14, None)]:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")

@@ -2,7 +2,7 @@
 
 from .callback import HiveStageCallback
 from .collator import HiveCaptionCollator
-from .stages import STAGE_DEFAULTS, StageHyperparameters, apply_lora, merge_lora
+from .stages import STAGE_DEFAULTS, StageHyperparameters, apply_lora, last_complete_checkpoint, merge_lora
 from .trainer import HiveTrainer, build_param_groups
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "StageHyperparameters",
     "apply_lora",
     "build_param_groups",
+    "last_complete_checkpoint",
     "merge_lora",
 ]

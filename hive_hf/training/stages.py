@@ -16,7 +16,10 @@ All use decoupled AdamW with linear warmup and cosine decay.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers.utils import logging
@@ -60,3 +63,25 @@ def merge_lora(model: torch.nn.Module) -> None:
 
     if isinstance(model.language_model, LoraModel):
         model.language_model = model.language_model.merge_and_unload()
+
+
+def last_complete_checkpoint(folder: str | Path) -> str | None:
+    """The newest `checkpoint-<step>` in `folder` that was written to the end, or None.
+
+    A run killed while saving leaves a checkpoint folder without (or with a half-written) `trainer_state.json`,
+    which the Trainer writes last; resuming from it would fail, so it is passed over.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    steps = sorted(
+        (int(m.group(1)), p) for p in folder.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()
+    )
+    for _step, path in reversed(steps):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            logger.warning(f"{path} is incomplete (the run stopped while saving it); looking for an older one")
+            continue
+        return str(path)
+    return None
