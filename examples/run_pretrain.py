@@ -94,7 +94,9 @@ class ModelArguments:
     )
     connection_density: float = field(default=0.25, metadata={"help": "Fraction of encoder layers tapped."})
     separate_image_kv: bool = field(
-        default=False, metadata={"help": "joint: separate image k/v projections initialised as copies."}
+        default=False,
+        metadata={"help": "joint only: separate image k/v projections initialised as copies of the layer's own "
+                          "(trainable from stage 1; the shared, frozen ones are the authors' stage-1 setting)."},
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
 
@@ -110,6 +112,10 @@ class ModelArguments:
             raise ValueError("--vision_model_name_or_path and --text_model_name_or_path go together; give both.")
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"--fusion must be one of {FUSION_MODES}, got {self.fusion!r}.")
+        if self.separate_image_kv and self.fusion != "joint":
+            # A joint-only refinement: a config written for joint (the demo's) still trains the other fusions.
+            logger.warning(f"--separate_image_kv applies to --fusion joint only; ignored for --fusion {self.fusion}")
+            self.separate_image_kv = False
 
 
 @dataclass
