@@ -1,6 +1,7 @@
 """Downstream evaluation of pre-trained vision encoders (HIVE paper, Sec. 4).
 
 - :mod:`.probe`: classification probes of a frozen encoder (linear or attentive head), the paper's Table 1.
+- :mod:`.vlm`, :mod:`.vqa_data`: LLaVA-style VLM fine-tuning on the encoder and VQA benchmarks, the paper's Table 2.
 """
 
 from .augment import ProbeAugmentation
@@ -20,10 +21,74 @@ from .probe import (
     run_probe,
     summarize_seeds,
 )
-
-# The VLM evaluation exports (hive_hf.evaluation.vlm, Table 2) get added here by its author.
+from .vlm import (
+    IMAGE_TOKEN,
+    TASK_TITLES,
+    VLM_STAGE_COMPONENTS,
+    VLM_STAGE_DEFAULTS,
+    VLMStageHyperparameters,
+    VQACollator,
+    apply_vlm_lora,
+    build_llava,
+    compose_llava,
+    format_results_table,
+    generate_answers,
+    load_vision_tower,
+    merge_vlm_lora,
+    question_prior_predictions,
+    score_predictions,
+    set_vlm_training_stage,
+)
+from .vqa_data import (
+    BENCHMARKS,
+    DEFAULT_PROMPT_TEMPLATE,
+    TASK_METRICS,
+    VQA_FEATURES,
+    build_prompt,
+    format_question,
+    load_gqa,
+    load_mme,
+    load_okvqa,
+    load_scienceqa,
+    load_vqa_benchmark,
+    load_vqa_records,
+    make_shapes_vqa_dataset,
+    training_answer,
+    training_texts,
+)
 
 __all__ = [
+    "IMAGE_TOKEN",
+    "TASK_TITLES",
+    "VLM_STAGE_COMPONENTS",
+    "VLM_STAGE_DEFAULTS",
+    "VLMStageHyperparameters",
+    "VQACollator",
+    "apply_vlm_lora",
+    "build_llava",
+    "compose_llava",
+    "format_results_table",
+    "generate_answers",
+    "load_vision_tower",
+    "merge_vlm_lora",
+    "question_prior_predictions",
+    "score_predictions",
+    "set_vlm_training_stage",
+    "BENCHMARKS",
+    "DEFAULT_PROMPT_TEMPLATE",
+    "TASK_METRICS",
+    "VQA_FEATURES",
+    "build_prompt",
+    "format_question",
+    "load_gqa",
+    "load_mme",
+    "load_okvqa",
+    "load_scienceqa",
+    "load_vqa_benchmark",
+    "load_vqa_records",
+    "make_shapes_vqa_dataset",
+    "training_answer",
+    "training_texts",
     "POOLINGS",
     "PROBES",
     "SYNTHETIC_DATASET",

@@ -1,9 +1,9 @@
-"""Three-stage HIVE pre-training on top of `transformers.Trainer`."""
+"""Three-stage HIVE pre-training (and staged LLaVA fine-tuning) on top of `transformers.Trainer`."""
 
-from .callback import HiveStageCallback
+from .callback import HiveStageCallback, StageSetter
 from .collator import HiveCaptionCollator
 from .stages import STAGE_DEFAULTS, StageHyperparameters, apply_lora, last_complete_checkpoint, merge_lora
-from .trainer import HiveTrainer, build_param_groups
+from .trainer import HiveTrainer, build_param_groups, model_component
 
 __all__ = [
     "HiveCaptionCollator",
@@ -11,8 +11,10 @@ __all__ = [
     "HiveTrainer",
     "STAGE_DEFAULTS",
     "StageHyperparameters",
+    "StageSetter",
     "apply_lora",
     "build_param_groups",
     "last_complete_checkpoint",
     "merge_lora",
+    "model_component",
 ]

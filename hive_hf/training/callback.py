@@ -1,7 +1,9 @@
-"""HiveStageCallback: applies a pre-training stage and makes sure frozen weights stay frozen."""
+"""HiveStageCallback: applies a training stage and makes sure frozen weights stay frozen."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,6 +12,10 @@ from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
+
+# `stage_setter(model, stage)` makes exactly what `stage` trains trainable and returns
+# `{component: {"trainable": n, "total": n}}`, like `HiveForConditionalGeneration.set_training_stage`.
+StageSetter = Callable[[torch.nn.Module, int], dict[str, dict[str, int]]]
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -23,33 +29,55 @@ def _fingerprint(param: torch.Tensor) -> tuple[float, float]:
     return float(values.sum()), float((values * values).sum())
 
 
+def _setter_path(setter: StageSetter) -> str:
+    return f"{setter.__module__}:{setter.__qualname__}"
+
+
+def _resolve_setter(path: str) -> StageSetter:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 class HiveStageCallback(TrainerCallback, ExportableState):
     """Applies `stage` when the Trainer is built (before its optimizer exists), logs trainable parameters per
     component at train start, and raises if a frozen parameter ever holds a gradient or changes value.
 
-    The stage is saved in every checkpoint's `trainer_state.json` (stateful callback) and in the model config.
-    Frozen values are compared by float64 sums at every epoch end and at train end; the check is cheap and catches
-    any optimizer update, though not a permutation of values.
+    The stage is applied by `model.set_training_stage(stage)` (HIVE models), or by `stage_setter(model, stage)` for a
+    model without that method (e.g. `hive_hf.evaluation.vlm.set_vlm_training_stage` for a LLaVA model); a setter is
+    a module-level function, saved by import path so that restoring the callback from a checkpoint finds it again.
+
+    The stage is saved in every checkpoint's `trainer_state.json` (stateful callback); HIVE models also record it in
+    their config. Frozen values are compared by float64 sums at every epoch end and at train end; the check is cheap
+    and catches any optimizer update, though not a permutation of values.
     """
 
-    def __init__(self, stage: int):
+    def __init__(self, stage: int, stage_setter: StageSetter | str | None = None):
         if stage not in (1, 2, 3):
             raise ValueError(f"`stage` must be 1, 2 or 3, got {stage!r}.")
         self.stage = stage
+        self.stage_setter = _resolve_setter(stage_setter) if isinstance(stage_setter, str) else stage_setter
         self._frozen: dict[str, tuple[float, float]] = {}
 
     def state(self) -> dict[str, Any]:
-        return {"args": {"stage": self.stage}, "attributes": {}}
+        args: dict[str, Any] = {"stage": self.stage}
+        if self.stage_setter is not None:
+            args["stage_setter"] = _setter_path(self.stage_setter)
+        return {"args": args, "attributes": {}}
+
+    def _apply(self, model: torch.nn.Module) -> dict[str, dict[str, int]]:
+        if self.stage_setter is not None:
+            return self.stage_setter(model, self.stage)
+        return model.set_training_stage(self.stage)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is not None:
-            _unwrap(model).set_training_stage(self.stage)
+            self._apply(_unwrap(model))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         model = _unwrap(model)
-        counts = model.set_training_stage(self.stage)  # idempotent; re-applied in case something toggled flags
+        counts = self._apply(model)  # idempotent; re-applied in case something toggled flags
         summary = ", ".join(f"{c} {v['trainable']:,}/{v['total']:,}" for c, v in counts.items())
-        logger.info(f"HIVE stage {self.stage}: trainable parameters per component: {summary}")
+        logger.info(f"Stage {self.stage}: trainable parameters per component: {summary}")
         self._frozen = {n: _fingerprint(p) for n, p in model.named_parameters() if not p.requires_grad}
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):

@@ -6,6 +6,7 @@ It overrides only documented hooks (`create_optimizer`, `compute_loss`); everyth
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -13,10 +14,27 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from ..modeling_hive import parameter_component
-from .callback import HiveStageCallback
+from .callback import HiveStageCallback, StageSetter
 from .collator import SKIPPED_KEY
 
 logger = logging.get_logger(__name__)
+
+
+# LLaVA parameter names (`LlavaForConditionalGeneration`: `model.vision_tower.*`, `model.multi_modal_projector.*`,
+# `model.language_model.*`, `lm_head.*`), for the VLM fine-tuning of `hive_hf.evaluation.vlm`. HIVE models keep their
+# grouping: their encoder (`vision_model.vision_tower.*`) is vision either way and no other name has these segments.
+_LLAVA_VISION = re.compile(r"(^|\.)vision_tower\.")
+_LLAVA_PROJECTOR = re.compile(r"(^|\.)multi_modal_projector\.")
+
+
+def model_component(name: str) -> str:
+    """`parameter_component` extended to LLaVA models: vision_tower -> vision, multi_modal_projector -> projector,
+    language_model / lm_head -> llm."""
+    if _LLAVA_VISION.search(name):
+        return "vision"
+    if _LLAVA_PROJECTOR.search(name):
+        return "projector"
+    return parameter_component(name)
 
 
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
@@ -30,8 +48,8 @@ def build_param_groups(
     learning_rate: float,
     lr_multipliers: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Optimizer groups over the trainable parameters only: per component (vision, projector, fusion, llm) and
-    decay / no-decay, each with `learning_rate * lr_multipliers.get(component, 1)`."""
+    """Optimizer groups over the trainable parameters only: per component (vision, projector, fusion, llm; see
+    `model_component`) and decay / no-decay, each with `learning_rate * lr_multipliers.get(component, 1)`."""
     lr_multipliers = dict(lr_multipliers or {})
     unknown = set(lr_multipliers) - {"vision", "projector", "fusion", "llm"}
     if unknown:
@@ -40,7 +58,7 @@ def build_param_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        component = parameter_component(name)
+        component = model_component(name)
         decay = not _no_decay(name, param)
         group = groups.setdefault((component, decay), {
             "params": [], "names": [], "component": component,
@@ -55,20 +73,22 @@ def build_param_groups(
 
 
 class HiveTrainer(Trainer):
-    """`Trainer` for one HIVE pre-training stage.
+    """`Trainer` for one training stage (HIVE pre-training, or the LLaVA fine-tuning of `hive_hf.evaluation.vlm`).
 
     Args:
         stage (`int`, *optional*): 1, 2 or 3; adds a `HiveStageCallback` that applies it before the optimizer is
             built and guards frozen weights during training.
+        stage_setter (`Callable`, *optional*): `stage_setter(model, stage)` applies the stage for a model without a
+            `set_training_stage` method (see `HiveStageCallback`).
         lr_multipliers (`dict[str, float]`, *optional*): per-component learning-rate factors, e.g. `{"vision": 0.1}`.
         All other arguments are `Trainer`'s.
     """
 
     def __init__(self, *args: Any, stage: int | None = None, lr_multipliers: dict[str, float] | None = None,
-                 **kwargs: Any):
+                 stage_setter: StageSetter | None = None, **kwargs: Any):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if stage is not None and not any(isinstance(c, HiveStageCallback) for c in callbacks):
-            callbacks.append(HiveStageCallback(stage))
+            callbacks.append(HiveStageCallback(stage, stage_setter=stage_setter))
         self.lr_multipliers = lr_multipliers
         self.skipped_images = 0
         super().__init__(*args, callbacks=callbacks, **kwargs)

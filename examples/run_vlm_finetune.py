@@ -1,0 +1,420 @@
+#!/usr/bin/env python
+"""Fine-tune a LLaVA-style VLM on top of a vision encoder and evaluate it on VQA benchmarks (HIVE paper, Table 2).
+
+The encoder (a HIVE checkpoint, an encoder-only HIVE release, or a stock SigLIP/CLIP checkpoint) feeds a stock
+`LlavaForConditionalGeneration` through a fresh projector: its final-layer tokens are put into the LLM's input.
+Stage 1 trains the projector, stage 2 the LLM as well (in full, or LoRA with --lora_r); the encoder stays frozen.
+Each stage writes `<output_dir>/stage<k>` (a plain LLaVA checkpoint + `LlavaProcessor`, loadable with
+`AutoModelForImageTextToText` and no remote code); the last one is then evaluated with greedy short answers and
+each benchmark's own metric, printing a table and writing `eval_results.json`, `predictions.jsonl`, `results.md`.
+Run the same command again after a crash: finished stages are skipped, the interrupted one resumes.
+
+    # the embedded demo: VQA on the synthetic shapes (all four scoring styles), a tiny LLM built offline
+    python examples/run_vlm_finetune.py --vision_model_name_or_path /tmp/vlm_run/stage3 --tiny_text_backbone \\
+        --do_train --do_eval --output_dir /tmp/vlm_hive
+
+    # real backbones, LLaVA-style training records, and GQA testdev-balanced as the benchmark
+    python examples/run_vlm_finetune.py \\
+        --vision_model_name_or_path runs/hive-siglip/stage3 --text_model_name_or_path meta-llama/Llama-3.2-1B-Instruct \\
+        --train_benchmark records --train_questions_file llava_vqa.jsonl --train_image_dir /data/coco \\
+        --benchmark gqa --questions_file testdev_balanced_questions.json --image_dir /data/gqa/images \\
+        --do_train --do_eval --per_device_train_batch_size 16 --bf16 --output_dir runs/vlm-hive
+
+    # evaluate an existing LLaVA checkpoint only
+    python examples/run_vlm_finetune.py --model_name_or_path runs/vlm-hive/stage2 --do_eval \\
+        --benchmark mme --questions_file /data/MME/data --output_dir runs/vlm-hive/mme
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging as pylogging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from datasets import Dataset
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    HfArgumentParser,
+    LlavaForConditionalGeneration,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from hive_hf.backbones import write_tiny_backbones
+from hive_hf.evaluation.vlm import (
+    IMAGE_TOKEN,
+    VLM_STAGE_DEFAULTS,
+    VQACollator,
+    apply_vlm_lora,
+    build_llava,
+    format_results_table,
+    generate_answers,
+    merge_vlm_lora,
+    question_prior_predictions,
+    score_predictions,
+    set_vlm_training_stage,
+)
+from hive_hf.evaluation.vqa_data import (
+    BENCHMARKS,
+    DEFAULT_PROMPT_TEMPLATE,
+    load_vqa_benchmark,
+    training_texts,
+)
+from hive_hf.training import HiveTrainer
+
+logger = logging.get_logger("hive_hf.run_vlm_finetune")
+STAGE_MARKER = "vlm_stage.json"
+STAGES = (1, 2)
+
+
+def _stage_default(attr: str) -> list:
+    return [getattr(VLM_STAGE_DEFAULTS[s], attr) for s in STAGES]
+
+
+@dataclass
+class ModelArguments:
+    vision_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The vision encoder: a HIVE checkpoint (full or encoder-only) or a stock SigLIP/CLIP "
+                          "checkpoint (folder or Hub id)."},
+    )
+    text_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Causal LM checkpoint with its tokenizer (folder or Hub id)."}
+    )
+    tiny_text_backbone: bool = field(
+        default=False,
+        metadata={"help": "Instead of --text_model_name_or_path: write a tiny Llama with a word tokenizer built from "
+                          "the training prompts and answers (offline demo)."},
+    )
+    tiny_text_hidden_size: int = field(default=64, metadata={"help": "--tiny_text_backbone: hidden size."})
+    tiny_text_layers: int = field(default=4, metadata={"help": "--tiny_text_backbone: decoder layers."})
+    tiny_text_pretrain_steps: int = field(
+        default=300, metadata={"help": "--tiny_text_backbone: text-only steps that make the tiny LLM 'pretrained'."}
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An existing LLaVA checkpoint to continue from or to evaluate."}
+    )
+    image_processor_name_or_path: str | None = field(
+        default=None, metadata={"help": "Image processor, if not the vision checkpoint's own."}
+    )
+    vision_feature_select_strategy: str | None = field(
+        default=None,
+        metadata={"help": "'full' keeps every final-layer token (SigLIP), 'default' drops the class token (CLIP); "
+                          "default: what the tower needs."},
+    )
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
+
+    def __post_init__(self):
+        composed = self.vision_model_name_or_path is not None
+        text_sources = sum([self.text_model_name_or_path is not None, self.tiny_text_backbone])
+        if composed == (self.model_name_or_path is not None):
+            raise ValueError("Give exactly one model source: --vision_model_name_or_path (with "
+                             "--text_model_name_or_path or --tiny_text_backbone), or --model_name_or_path (a LLaVA "
+                             "checkpoint).")
+        if composed and text_sources != 1:
+            raise ValueError("--vision_model_name_or_path needs exactly one of --text_model_name_or_path and "
+                             "--tiny_text_backbone.")
+        if not composed and (text_sources or self.image_processor_name_or_path
+                             or self.vision_feature_select_strategy):
+            raise ValueError("--model_name_or_path is a complete LLaVA checkpoint; drop --text_model_name_or_path, "
+                             "--tiny_text_backbone, --image_processor_name_or_path and "
+                             "--vision_feature_select_strategy.")
+        if self.vision_feature_select_strategy not in (None, "default", "full"):
+            raise ValueError(f"--vision_feature_select_strategy must be 'default' or 'full', got "
+                             f"{self.vision_feature_select_strategy!r}.")
+
+
+@dataclass
+class DataArguments:
+    train_benchmark: str = field(
+        default="shapes",
+        metadata={"help": f"Training data, one of {BENCHMARKS}: 'shapes' is the embedded synthetic VQA, 'records' "
+                          "generic JSON/JSONL records or a datasets name, the others the benchmarks' own layouts."},
+    )
+    train_questions_file: str | None = field(default=None, metadata={"help": "Training questions file or source."})
+    train_annotations_file: str | None = field(default=None, metadata={"help": "OK-VQA-style training annotations."})
+    train_image_dir: str | None = field(default=None, metadata={"help": "Folder holding the training images."})
+    train_split: str | None = field(default=None, metadata={"help": "Split to train on (shapes: 'train')."})
+    benchmark: str = field(
+        default="shapes",
+        metadata={"help": f"Evaluation benchmark, one of {BENCHMARKS}: gqa (questions json keyed by id + images), "
+                          "okvqa (questions + annotations json + COCO images), scienceqa (problems.json + images), "
+                          "mme (lmms-lab/MME parquet files or folder), records, or shapes (embedded)."},
+    )
+    questions_file: str | None = field(
+        default=None, metadata={"help": "Benchmark questions (GQA/OK-VQA json, ScienceQA problems.json, MME parquet)."}
+    )
+    annotations_file: str | None = field(default=None, metadata={"help": "OK-VQA annotations json."})
+    image_dir: str | None = field(default=None, metadata={"help": "Folder holding the benchmark images."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Benchmark split (ScienceQA: 'test'; shapes: 'validation')."}
+    )
+    shapes_train_images: int = field(default=1000, metadata={"help": "shapes: training pictures (5 questions each)."})
+    shapes_eval_images: int = field(default=200, metadata={"help": "shapes: evaluation pictures (5 questions each)."})
+    shapes_image_size: int = field(default=32, metadata={"help": "shapes: picture side in pixels."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on at most this many questions."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate at most this many questions."})
+    prompt_template: str = field(
+        default=DEFAULT_PROMPT_TEMPLATE,
+        metadata={"help": "Chat-free prompt with one {question} and one <image>; the answer follows it."},
+    )
+    max_new_tokens: int = field(default=8, metadata={"help": "Evaluation: generated tokens per answer (greedy)."})
+    blind_baseline: bool = field(
+        default=True,
+        metadata={"help": "Also score a blind question-prior baseline (the most frequent training answer per "
+                          "question), which a model that looks at the image should beat."},
+    )
+
+    def __post_init__(self):
+        for prefix in ("train_", ""):
+            name = getattr(self, f"{prefix}benchmark")
+            flag = f"--{prefix}benchmark {name}"
+            if name not in BENCHMARKS:
+                raise ValueError(f"--{prefix}benchmark must be one of {BENCHMARKS}, got {name!r}.")
+            if name != "shapes" and getattr(self, f"{prefix}questions_file") is None:
+                raise ValueError(f"{flag} reads --{prefix}questions_file; give its path.")
+            if name in ("gqa", "okvqa", "scienceqa") and getattr(self, f"{prefix}image_dir") is None:
+                raise ValueError(f"{flag} needs --{prefix}image_dir.")
+            if name == "okvqa" and getattr(self, f"{prefix}annotations_file") is None:
+                raise ValueError(f"{flag} needs --{prefix}annotations_file.")
+        if self.prompt_template.count("{question}") != 1 or self.prompt_template.count(IMAGE_TOKEN) != 1:
+            raise ValueError(f"--prompt_template needs exactly one {{question}} and one {IMAGE_TOKEN}, got "
+                             f"{self.prompt_template!r}.")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
+
+
+@dataclass
+class VLMTrainingArguments(TrainingArguments):
+    stages: list[int] = field(default_factory=lambda: list(STAGES), metadata={"help": "Stages to run: 1, 2 or both."})
+    stage_batch_sizes: list[int] = field(
+        default_factory=lambda: _stage_default("batch_size"),
+        metadata={"help": "Global batch per stage (1 2); gradient accumulation makes up the difference."},
+    )
+    stage_epochs: list[float] = field(default_factory=lambda: _stage_default("epochs"), metadata={"help": "Epochs."})
+    stage_learning_rates: list[float] = field(
+        default_factory=lambda: _stage_default("learning_rate"), metadata={"help": "Peak learning rate per stage."}
+    )
+    stage_max_steps: list[int] = field(
+        default_factory=lambda: [-1, -1], metadata={"help": "Steps per stage; -1 runs the epochs instead."}
+    )
+    lora_r: int = field(default=0, metadata={"help": "Stage 2: LoRA rank for the LLM (0 trains it in full)."})
+    lora_alpha: int = field(default=32, metadata={"help": "Stage 2 LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Stage 2 LoRA dropout."})
+    warmup_steps: float = field(default=0.03, metadata={"help": "Warmup steps, or a ratio below 1 (LLaVA: 0.03)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "LLaVA decays with a cosine."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs the raw columns."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.do_train and not self.do_eval:
+            raise ValueError("Nothing to do: pass --do_train (stages --stages) and/or --do_eval (--benchmark).")
+        if not self.stages or sorted(set(self.stages)) != list(self.stages) or not set(self.stages) <= set(STAGES):
+            raise ValueError(f"--stages must be distinct stages from 1 2 in order, got {self.stages}.")
+        for name in ("stage_batch_sizes", "stage_epochs", "stage_learning_rates", "stage_max_steps"):
+            if len(getattr(self, name)) != len(STAGES):
+                raise ValueError(f"--{name} takes one value per stage (1 2), got {getattr(self, name)}.")
+        if any(b < 1 for b in self.stage_batch_sizes):
+            raise ValueError(f"--stage_batch_sizes must be positive, got {self.stage_batch_sizes}.")
+        if self.lora_r and 2 not in self.stages:
+            raise ValueError(f"--lora_r {self.lora_r} applies to stage 2, which --stages {self.stages} does not run.")
+
+    def for_stage(self, stage: int, output_dir: Path) -> TrainingArguments:
+        """Plain `TrainingArguments` for one stage: its hyperparameters, its folder, its run name."""
+        i = stage - 1
+        per_step = self.per_device_train_batch_size * self.world_size
+        accumulation = max(1, math.ceil(self.stage_batch_sizes[i] / per_step))
+        if accumulation * per_step != self.stage_batch_sizes[i]:
+            logger.warning(f"stage {stage}: global batch {self.stage_batch_sizes[i]} is not a multiple of "
+                           f"{per_step}; using {accumulation * per_step}.")
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+        plain.update(
+            output_dir=str(output_dir), learning_rate=self.stage_learning_rates[i],
+            num_train_epochs=self.stage_epochs[i], max_steps=self.stage_max_steps[i],
+            gradient_accumulation_steps=accumulation,
+            run_name=f"{self.run_name or Path(self.output_dir).name}-stage{stage}",
+            hub_model_id=f"{self.hub_model_id}-stage{stage}" if self.hub_model_id else None,
+        )
+        return TrainingArguments(**plain)
+
+
+def parse_args() -> tuple[ModelArguments, DataArguments, VLMTrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments))
+    argv = sys.argv[1:]
+    if argv and argv[0].endswith(".json"):  # one JSON file, optionally followed by flags that override it
+        flags = []
+        for key, value in json.loads(Path(argv[0]).read_text()).items():
+            values = value if isinstance(value, list) else [value]
+            flags += [f"--{key}", *(str(v) for v in values)]
+        argv = flags + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def load_data(data_args: DataArguments, args: VLMTrainingArguments) -> tuple[Dataset | None, Dataset | None]:
+    """(training questions or None, evaluation questions or None), in the `vqa_data.VQA_FEATURES` layout."""
+    shapes = {"image_size": data_args.shapes_image_size, "seed": args.seed}
+    train = evaluation = None
+    if args.do_train:
+        train = load_vqa_benchmark(
+            data_args.train_benchmark, data_args.train_questions_file, data_args.train_annotations_file,
+            data_args.train_image_dir, split=data_args.train_split or "train",
+            num_images=data_args.shapes_train_images, **shapes,
+        )
+        if data_args.max_train_samples is not None:
+            train = train.select(range(min(data_args.max_train_samples, len(train))))
+    if args.do_eval:
+        evaluation = load_vqa_benchmark(
+            data_args.benchmark, data_args.questions_file, data_args.annotations_file, data_args.image_dir,
+            split=data_args.eval_split, num_images=data_args.shapes_eval_images, **shapes,
+        )
+        if data_args.max_eval_samples is not None:
+            evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    return train, evaluation
+
+
+def build_start(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments,
+                train: Dataset | None, out: Path) -> Path:
+    """The composed LLaVA model before stage 1, saved once to `<output_dir>/init` so a restart starts identically."""
+    if model_args.model_name_or_path:
+        return Path(model_args.model_name_or_path)
+    init_dir = out / "init"
+    if (init_dir / "config.json").exists() and (init_dir / "processor_config.json").exists():
+        return init_dir
+    text_path = model_args.text_model_name_or_path
+    if model_args.tiny_text_backbone:
+        if train is None:
+            raise ValueError("--tiny_text_backbone builds its vocabulary from the training data; pass --do_train.")
+        _, text_path = write_tiny_backbones(
+            out / "backbones", training_texts(train, data_args.prompt_template),
+            hidden_size=model_args.tiny_text_hidden_size, num_layers=model_args.tiny_text_layers, seed=args.seed,
+            text_pretrain_steps=model_args.tiny_text_pretrain_steps,
+        )
+    set_seed(args.seed)  # the projector's initialisation
+    model, processor = build_llava(
+        model_args.vision_model_name_or_path, text_path,
+        image_processor_name_or_path=model_args.image_processor_name_or_path,
+        vision_feature_select_strategy=model_args.vision_feature_select_strategy,
+    )
+    model.save_pretrained(init_dir)
+    processor.save_pretrained(init_dir)
+    return init_dir
+
+
+def run_stage(stage: int, start_dir: Path, model_args: ModelArguments, data_args: DataArguments,
+              args: VLMTrainingArguments, train: Dataset, out: Path) -> dict:
+    stage_dir = out / f"stage{stage}"
+    marker = stage_dir / STAGE_MARKER
+    if marker.exists():
+        logger.warning(f"stage {stage} already finished ({marker}); skipping it")
+        return json.loads(marker.read_text())
+
+    model = LlavaForConditionalGeneration.from_pretrained(start_dir, attn_implementation=model_args.attn_implementation)
+    processor = AutoProcessor.from_pretrained(start_dir)
+    lora = stage == 2 and args.lora_r > 0
+    if lora:
+        apply_vlm_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
+    trainer = HiveTrainer(
+        model=model, args=args.for_stage(stage, stage_dir), train_dataset=train,
+        data_collator=VQACollator(processor, data_args.prompt_template), stage=stage,
+        stage_setter=set_vlm_training_stage, processing_class=processor,  # checkpoints carry the processor too
+    )
+    last = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
+    if last:
+        logger.warning(f"stage {stage}: resuming from {last}")
+    result = trainer.train(resume_from_checkpoint=last)
+    if lora:
+        merge_vlm_lora(trainer.model)
+    trainer.save_model(str(stage_dir))
+    metrics = dict(result.metrics)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [metrics["train_loss"]]
+    metrics.update(stage=stage, first_loss=losses[0], last_loss=losses[-1],
+                   skipped_images=trainer.total_skipped_images())
+    trainer.log_metrics(f"stage{stage}", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        marker.write_text(json.dumps(metrics, indent=2))
+    trainer.accelerator.wait_for_everyone()
+    return json.loads(marker.read_text())
+
+
+def _flatten(results: dict[str, dict], prefix: str = "") -> dict[str, float]:
+    """`score_predictions` output as flat numbers for `log_metrics`: `<prefix><task>_<key>`."""
+    return {f"{prefix}{task}_{key}": value for task, values in results.items() for key, value in values.items()
+            if isinstance(value, (int, float))}
+
+
+def run_evaluation(model_dir: Path, data_args: DataArguments, args: VLMTrainingArguments, train: Dataset | None,
+                   evaluation: Dataset, out: Path) -> str:
+    # Plain transformers: what a user of the released folder runs.
+    dtype = {"dtype": torch.bfloat16} if args.bf16 else {}
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, **dtype)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model.to(args.device)
+    predictions = generate_answers(model, processor, evaluation, data_args.prompt_template,
+                                   batch_size=args.per_device_eval_batch_size, max_new_tokens=data_args.max_new_tokens,
+                                   desc=f"{data_args.benchmark}: generating answers")
+    results = score_predictions(evaluation, predictions)
+    runs = {args.run_name or out.name: results}
+    metrics = {"eval_samples": len(evaluation), **_flatten(results)}
+    if data_args.blind_baseline and train is not None:
+        blind = score_predictions(evaluation, question_prior_predictions(train, evaluation))
+        runs["blind question prior"] = blind
+        metrics.update(_flatten(blind, prefix="blind_"))
+    table = format_results_table(runs)
+
+    reporter = Trainer(model=model, args=args, processing_class=processor)  # for log/save_metrics and save_state
+    reporter.log_metrics("eval", metrics)
+    reporter.save_metrics("eval", metrics)
+    reporter.save_state()
+    records = evaluation.remove_columns("image").to_list()
+    with open(out / "predictions.jsonl", "w") as handle:
+        for record, prediction in zip(records, predictions):
+            handle.write(json.dumps({**record, "prediction": prediction}) + "\n")
+    (out / "results.md").write_text(f"benchmark: {data_args.benchmark}, model: {model_dir}\n\n{table}\n")
+    return table
+
+
+def main() -> None:
+    model_args, data_args, args = parse_args()
+    set_seed(args.seed)
+    pylogging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    pylogging.getLogger("hive_hf").setLevel(pylogging.INFO if args.should_log else pylogging.WARNING)
+    transformers.utils.logging.set_verbosity_warning()
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, evaluation = load_data(data_args, args)
+    with args.main_process_first(desc="building the starting model"):
+        start = build_start(model_args, data_args, args, train, out)
+
+    summaries = {}
+    if args.do_train:
+        for stage in args.stages:
+            summaries[stage] = run_stage(stage, start, model_args, data_args, args, train, out)
+            start = out / f"stage{stage}"
+
+    if args.process_index == 0:
+        if summaries:
+            print("\nLLaVA fine-tuning finished")
+        for stage, m in summaries.items():
+            print(f"  stage {stage}: loss {m['first_loss']:.3f} -> {m['last_loss']:.3f} in {m['train_runtime']:.1f}s "
+                  f"({m['skipped_images']} images skipped), checkpoint {out / f'stage{stage}'}")
+        if args.do_eval:
+            table = run_evaluation(start, data_args, args, train, evaluation, out)
+            print(f"\n{data_args.benchmark} ({len(evaluation)} questions), model {start}:\n{table}")
+            print(f"  predictions: {out / 'predictions.jsonl'}, scores: {out / 'eval_results.json'}")
+
+
+if __name__ == "__main__":
+    main()

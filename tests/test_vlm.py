@@ -1,0 +1,511 @@
+"""LLaVA-style VLM fine-tuning of a vision encoder: composition, stages, data adapters, evaluation, the script."""
+
+import copy
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import PIL.Image
+import pytest
+import torch
+from tiny import VISION, tiny_model
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPVisionModel,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    TrainingArguments,
+)
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+import hive_hf  # noqa: F401  (registers the HIVE auto classes)
+from hive_hf.backbones import write_tiny_backbones
+from hive_hf.data import make_shapes_dataset
+from hive_hf.evaluation.vlm import (
+    VQACollator,
+    apply_vlm_lora,
+    build_llava,
+    compose_llava,
+    format_results_table,
+    generate_answers,
+    merge_vlm_lora,
+    question_prior_predictions,
+    score_predictions,
+    set_vlm_training_stage,
+)
+from hive_hf.evaluation.vqa_data import (
+    OPTION_LETTERS,
+    build_prompt,
+    load_gqa,
+    load_mme,
+    load_okvqa,
+    load_scienceqa,
+    load_vqa_benchmark,
+    load_vqa_records,
+    make_shapes_vqa_dataset,
+    training_answer,
+    training_texts,
+)
+from hive_hf.training import HiveStageCallback, HiveTrainer, build_param_groups, model_component
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def train_data():
+    return make_shapes_vqa_dataset(16, image_size=16, seed=0, split="train")
+
+
+@pytest.fixture(scope="module")
+def eval_data():
+    return make_shapes_vqa_dataset(4, image_size=16, seed=0, split="validation")
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory, train_data):
+    """A tiny HIVE checkpoint (with its image processor) and a tiny Llama whose words cover the VQA prompts."""
+    root = tmp_path_factory.mktemp("backbones")
+    hive = tiny_model(seed=0)
+    hive.save_pretrained(root / "hive")
+    SiglipImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(root / "hive")
+    vision_path, text_path = write_tiny_backbones(root / "tiny", training_texts(train_data), image_size=16,
+                                                  patch_size=4, hidden_size=32, num_layers=2)
+    return {"hive": str(root / "hive"), "base_vision": vision_path, "text": text_path}
+
+
+@pytest.fixture(scope="module")
+def built(backbones):
+    torch.manual_seed(0)
+    return build_llava(backbones["hive"], backbones["text"])
+
+
+def fresh(built):
+    model, processor = built
+    return copy.deepcopy(model), processor
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(before, model, component):
+    after = dict(model.named_parameters())
+    return {n: not torch.equal(before[n], after[n]) for n in before if model_component(n) == component}
+
+
+def train_args(tmp_path, **kwargs):
+    defaults = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=3, learning_rate=1e-2,
+                    use_cpu=True, report_to="none", save_strategy="no", remove_unused_columns=False,
+                    logging_steps=1, disable_tqdm=True, seed=0)
+    return TrainingArguments(**{**defaults, **kwargs})
+
+
+def vlm_trainer(model, processor, data, tmp_path, stage, **kwargs):
+    return HiveTrainer(model=model, args=train_args(tmp_path, **kwargs), train_dataset=data,
+                       data_collator=VQACollator(processor), stage=stage, stage_setter=set_vlm_training_stage)
+
+
+def png(color=(200, 30, 30), size=16) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# -- composition ------------------------------------------------------------------------------------------------------
+def test_llava_from_a_hive_encoder_keeps_both_weights_exactly(backbones, built):
+    model, processor = built
+    assert type(model) is LlavaForConditionalGeneration and isinstance(processor, LlavaProcessor)
+    encoder = AutoModel.from_pretrained(backbones["hive"]).to_base_model()
+    vision = model.model.vision_tower.state_dict()
+    assert vision.keys() == encoder.state_dict().keys()
+    assert all(torch.equal(vision[k], v) for k, v in encoder.state_dict().items())
+
+    llm = AutoModelForCausalLM.from_pretrained(backbones["text"])
+    vocab = llm.config.vocab_size
+    ours = model.model.language_model.state_dict()
+    for key, value in llm.model.state_dict().items():
+        if key == "embed_tokens.weight":  # one new row for <image>, the others untouched
+            assert ours[key].shape[0] == vocab + 1 and torch.equal(ours[key][:vocab], value)
+        else:
+            assert torch.equal(ours[key], value), key
+    assert torch.equal(model.lm_head.weight[:vocab], llm.lm_head.weight)
+
+    config = model.config
+    assert config.vision_feature_layer == -1 and config.vision_feature_select_strategy == "full"  # SigLIP: no CLS
+    assert config.image_seq_length == (16 // 4) ** 2
+    assert config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>") == vocab
+    assert processor.patch_size == 4 and processor.num_additional_image_tokens == 0
+
+
+def test_a_stock_encoder_or_an_encoder_only_release_gives_the_same_model(backbones, built, tmp_path):
+    AutoModel.from_pretrained(backbones["hive"]).save_pretrained(tmp_path / "encoder-only")
+    SiglipImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "encoder-only")
+    AutoModel.from_pretrained(backbones["hive"]).to_base_model().save_pretrained(tmp_path / "stock")
+    SiglipImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "stock")
+    expected = built[0].model.vision_tower.state_dict()
+    for source in ("encoder-only", "stock"):
+        assert AutoConfig.from_pretrained(tmp_path / source).model_type == ("hive" if source != "stock" else
+                                                                            "siglip_vision_model")
+        model, _ = build_llava(str(tmp_path / source), backbones["text"])
+        assert all(torch.equal(model.model.vision_tower.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_clip_drops_its_class_token_and_a_wrong_strategy_is_refused(backbones):
+    clip = CLIPVisionModel(AutoConfig.for_model(**VISION["clip"]))
+    llm = AutoModelForCausalLM.from_pretrained(backbones["text"])
+    tokenizer = AutoTokenizer.from_pretrained(backbones["text"])
+    image_processor = SiglipImageProcessorPil(size={"height": 16, "width": 16})
+    model, processor = compose_llava(clip, llm, tokenizer, image_processor)
+    assert model.config.vision_feature_select_strategy == "default" and model.config.image_seq_length == 16
+    inputs = processor(images=[PIL.Image.new("RGB", (20, 20))], text=["<image>\nQuestion: what color ?\nAnswer:"],
+                       return_tensors="pt")
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == 16
+    assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]  # features and tokens agree
+
+    siglip = AutoModel.from_pretrained(backbones["base_vision"])
+    with pytest.raises(ValueError, match="has none"):
+        compose_llava(siglip, llm, tokenizer, image_processor, vision_feature_select_strategy="default")
+    with pytest.raises(ValueError, match="expects 16"):
+        compose_llava(siglip, llm, tokenizer, SiglipImageProcessorPil(size={"height": 32, "width": 32}))
+
+
+def test_saved_model_loads_with_plain_transformers_and_equal_logits(built, eval_data, tmp_path):
+    model, processor = built
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "llava" and config["vision_config"]["model_type"] == "siglip_vision_model"
+    for name in ("config.json", "processor_config.json"):
+        assert "auto_map" not in (tmp_path / name).read_text()
+    assert not list(tmp_path.glob("*.py"))  # no remote code next to the weights
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    processor_again = AutoProcessor.from_pretrained(tmp_path)
+    assert type(again) is LlavaForConditionalGeneration and type(processor_again) is LlavaProcessor
+    rows = eval_data.select(range(3))
+    images = [PIL.Image.open(io.BytesIO(r["image"]["bytes"])) for r in rows]
+    texts = [build_prompt(r) for r in rows]
+    inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    inputs_again = processor_again(images=images, text=texts, padding=True, return_tensors="pt")
+    assert all(torch.equal(inputs[k], inputs_again[k]) for k in inputs)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(**inputs).logits, again.eval()(**inputs).logits)
+
+
+# -- stages -----------------------------------------------------------------------------------------------------------
+def test_stage_setter_and_parameter_components_for_llava(built):
+    model, _ = fresh(built)
+    components = {model_component(n) for n, _ in model.named_parameters()}
+    assert components == {"vision", "projector", "llm"}
+    assert model_component("lm_head.weight") == "llm"
+    assert model_component("model.multi_modal_projector.linear_1.weight") == "projector"
+    counts = set_vlm_training_stage(model, 1)
+    assert counts["projector"]["trainable"] == counts["projector"]["total"] > 0
+    assert counts["vision"]["trainable"] == counts["llm"]["trainable"] == 0
+    counts = set_vlm_training_stage(model, 2)
+    assert counts["llm"]["trainable"] == counts["llm"]["total"] and counts["vision"]["trainable"] == 0
+    groups = build_param_groups(model, 0.0, 1e-3, {"projector": 10.0})
+    assert {g["component"] for g in groups} == {"projector", "llm"}
+    assert all(g["lr"] == pytest.approx(1e-2 if g["component"] == "projector" else 1e-3) for g in groups)
+    with pytest.raises(ValueError, match="stages 1 .* and 2"):
+        set_vlm_training_stage(model, 3)
+    # The setter is saved by import path, so a callback restored from a checkpoint finds it again.
+    state = HiveStageCallback(2, stage_setter=set_vlm_training_stage).state()
+    assert state["args"] == {"stage": 2, "stage_setter": "hive_hf.evaluation.vlm:set_vlm_training_stage"}
+    assert HiveStageCallback(**state["args"]).stage_setter is set_vlm_training_stage
+    assert HiveStageCallback(1).state()["args"] == {"stage": 1}  # HIVE checkpoints are unchanged
+
+
+def test_stage_1_trains_the_projector_only_and_stage_2_the_llm_too(built, train_data, tmp_path):
+    model, processor = fresh(built)
+    before = snapshot(model)
+    vlm_trainer(model, processor, train_data, tmp_path / "s1", stage=1).train()
+    assert not any(changed(before, model, "vision").values())
+    assert not any(changed(before, model, "llm").values())
+    assert all(changed(before, model, "projector").values())
+
+    before = snapshot(model)
+    trainer = vlm_trainer(model, processor, train_data, tmp_path / "s2", stage=2)
+    trainer.train()
+    assert not any(changed(before, model, "vision").values())
+    llm = changed(before, model, "llm")
+    assert sum(llm.values()) == len(llm)  # the tied embedding holds the rows seen, so it changed too
+    assert all(changed(before, model, "projector").values())
+    assert trainer.state.stateful_callbacks["HiveStageCallback"]["args"]["stage"] == 2
+
+
+def test_stage_2_with_lora_trains_adapters_only_and_merges_back(built, train_data, tmp_path):
+    model, processor = fresh(built)
+    before = snapshot(model)
+    apply_vlm_lora(model, r=2, alpha=4, dropout=0.0)
+    set_vlm_training_stage(model, 2)
+    trainable_llm = [n for n, p in model.named_parameters() if p.requires_grad and model_component(n) == "llm"]
+    assert trainable_llm and all("lora_" in n for n in trainable_llm)
+    vlm_trainer(model, processor, train_data, tmp_path, stage=2).train()
+    merge_vlm_lora(model)
+    assert not any("lora_" in n for n in model.state_dict())
+    assert set(dict(model.named_parameters())) == set(before)
+    assert not any(changed(before, model, "vision").values())
+    adapted = {n: c for n, c in changed(before, model, "llm").items() if "self_attn" in n or ".mlp." in n}
+    assert adapted and all(adapted.values())  # the adapters' product was folded into the weights
+    assert not changed(before, model, "llm")["model.language_model.norm.weight"]
+    model.save_pretrained(tmp_path / "merged")
+    again = LlavaForConditionalGeneration.from_pretrained(tmp_path / "merged")
+    assert again.state_dict().keys() == model.state_dict().keys()
+
+
+def test_collator_labels_only_the_answer_and_skips_unreadable_images(built, train_data):
+    _, processor = built
+    collator = VQACollator(processor)
+    rows = [dict(r) for r in train_data.select(range(5))]
+    rows[1]["image"] = {"bytes": b"not an image", "path": None}
+    batch = collator(rows)
+    assert int(batch["num_skipped_images"]) == 1 and batch["input_ids"].shape[0] == 4
+    assert batch["pixel_values"].shape == (4, 3, 16, 16)
+    tokenizer = processor.tokenizer
+    image_id = processor.image_token_id
+    for row, ids, labels, mask in zip([rows[0], *rows[2:]], batch["input_ids"], batch["labels"],
+                                      batch["attention_mask"]):
+        answer = labels[labels != -100]
+        assert answer[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(answer[:-1]).strip() == training_answer(row).lower()
+        assert (ids == image_id).sum() == 16 and (labels[ids == image_id] == -100).all()
+        assert (labels[mask == 0] == -100).all()
+    assert training_answer(rows[4]) in OPTION_LETTERS  # multiple choice trains the letter
+
+
+# -- data adapters ----------------------------------------------------------------------------------------------------
+def test_gqa_adapter_reads_the_published_layout(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "n1.jpg").write_bytes(png())
+    questions = {
+        "201": {"imageId": "n1", "question": "What color is the ball?", "answer": "red",
+                "fullAnswer": "The ball is red.", "types": {}, "semantic": []},
+        "202": {"imageId": "n1", "question": "Is it round?", "answer": "yes", "fullAnswer": "Yes, it is round."},
+    }
+    (tmp_path / "testdev_balanced_questions.json").write_text(json.dumps(questions))
+    data = load_gqa(tmp_path / "testdev_balanced_questions.json", tmp_path / "images")
+    assert data["question_id"] == ["201", "202"] and data["answers"] == [["red"], ["yes"]]
+    assert set(data["task"]) == {"gqa"} and data["image_id"] == ["n1", "n1"]
+    assert data[0]["image"]["path"].endswith("n1.jpg")
+    assert score_predictions(data, ["Red.", "no"])["gqa"]["score"] == 50.0
+    (tmp_path / "images" / "n1.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="--image_dir"):
+        load_gqa(tmp_path / "testdev_balanced_questions.json", tmp_path / "images")
+
+
+def test_okvqa_adapter_reads_vqa_v2_style_questions_and_annotations(tmp_path):
+    (tmp_path / "val2014").mkdir()
+    (tmp_path / "val2014" / "COCO_val2014_000000000042.jpg").write_bytes(png())
+    questions = {"data_subtype": "val2014", "questions": [
+        {"image_id": 42, "question": "What sport is this?", "question_id": 420},
+    ]}
+    answers = ["tennis"] * 6 + ["racket sport"] * 4
+    annotations = {"annotations": [{
+        "question_id": 420, "image_id": 42, "question_type": "what", "answer_type": "other",
+        "answers": [{"answer_id": i + 1, "raw_answer": a, "answer_confidence": "yes", "answer": a}
+                    for i, a in enumerate(answers)],
+    }]}
+    (tmp_path / "questions.json").write_text(json.dumps(questions))
+    (tmp_path / "annotations.json").write_text(json.dumps(annotations))
+    data = load_okvqa(tmp_path / "questions.json", tmp_path / "annotations.json", tmp_path / "val2014")
+    record = data[0]
+    assert record["question_id"] == "420" and record["answers"] == answers and record["task"] == "vqa"
+    assert training_answer(record) == "tennis"
+    assert score_predictions(data, ["racket sport"])["vqa"]["score"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="--annotations_file"):
+        load_vqa_benchmark("okvqa", str(tmp_path / "questions.json"), None, str(tmp_path / "val2014"))
+
+
+def test_scienceqa_adapter_keeps_image_questions_of_the_split(tmp_path):
+    problems = {
+        "5": {"question": "Which animal is a mammal?", "choices": ["frog", "whale", "trout"], "answer": 1,
+              "hint": "Look at the picture.", "image": "image.png", "split": "test", "subject": "natural science"},
+        "6": {"question": "Which word is a noun?", "choices": ["run", "cat"], "answer": 1, "hint": "",
+              "image": None, "split": "test"},
+        "7": {"question": "Which is hot?", "choices": ["ice", "fire"], "answer": 1, "hint": "",
+              "image": "image.png", "split": "train"},
+    }
+    (tmp_path / "problems.json").write_text(json.dumps(problems))
+    for split, pid in (("test", "5"), ("train", "7")):
+        (tmp_path / "images" / split / pid).mkdir(parents=True)
+        (tmp_path / "images" / split / pid / "image.png").write_bytes(png())
+    data = load_scienceqa(tmp_path / "problems.json", tmp_path / "images", split="test")
+    assert len(data) == 1
+    record = data[0]
+    assert record["question_id"] == "5" and record["choices"] == ["frog", "whale", "trout"]
+    assert record["answer_index"] == 1 and record["task"] == "scienceqa"
+    assert record["question"] == "Context: Look at the picture.\nWhich animal is a mammal?"
+    prompt = build_prompt(record)
+    assert "\nA. frog\nB. whale\nC. trout\nAnswer with the option's letter from the given choices directly." in prompt
+    assert training_answer(record) == "B"
+    assert score_predictions(data, ["B"])["scienceqa"]["score"] == 100.0
+    assert len(load_scienceqa(tmp_path / "problems.json", tmp_path / "images", split="train")) == 1
+
+
+def test_mme_adapter_reads_the_lmms_lab_parquet_layout(tmp_path):
+    rows = {
+        "question_id": ["existence/1.png", "existence/1.png", "count/2.png", "count/2.png"],
+        "image": [{"bytes": png(), "path": None}] * 4,
+        "question": ["Is there a dog? Please answer yes or no.", "Is there a cat? Please answer yes or no.",
+                     "Are there two dogs? Please answer yes or no.", "Are there three dogs? Please answer yes or no."],
+        "answer": ["Yes", "No", "Yes", "No"],
+        "category": ["existence", "existence", "count", "count"],
+    }
+    features = datasets.Features({"question_id": datasets.Value("string"), "image": datasets.Image(),
+                                  "question": datasets.Value("string"), "answer": datasets.Value("string"),
+                                  "category": datasets.Value("string")})
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "data" / "test-00000-of-00001.parquet")
+    for source in (tmp_path, tmp_path / "data" / "test-00000-of-00001.parquet"):
+        data = load_mme(str(source))
+        assert data["image_id"] == rows["question_id"] and len(set(data["question_id"])) == 4
+        assert data["category"] == rows["category"] and set(data["task"]) == {"mme"}
+    scores = score_predictions(data, ["Yes", "No", "Yes", "Yes"])["mme"]
+    assert scores["existence"] == 200.0 and scores["count"] == 50.0 and scores["score"] == 250.0
+
+
+def test_generic_records_infer_their_scoring(tmp_path):
+    (tmp_path / "a.png").write_bytes(png())
+    lines = [
+        {"image": "a.png", "question": "What is it?", "answer": "cat"},
+        {"image": "a.png", "question": "What color?", "answers": [{"answer": "red"}, {"answer": "red"}]},
+        {"image": "a.png", "question": "Which?", "choices": ["dog", "cat"], "answer": 1},
+        {"image": "a.png", "question": "Pick one.", "choices": ["dog", "cat"], "answer": "a"},
+    ]
+    (tmp_path / "records.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    data = load_vqa_records(str(tmp_path / "records.jsonl"), image_dir=tmp_path)
+    assert data["task"] == ["gqa", "vqa", "scienceqa", "scienceqa"] and data["answers"][1] == ["red", "red"]
+    assert data["answer_index"] == [-1, -1, 1, 0] and data["answers"][2:] == [["cat"], ["dog"]]
+    assert data["image_id"][0].endswith("a.png")
+    (tmp_path / "bad.json").write_text(json.dumps([{"image": "a.png", "question": "?", "choices": ["x"], "answer": "z"}]))
+    with pytest.raises(ValueError, match="neither an option index"):
+        load_vqa_records(str(tmp_path / "bad.json"), image_dir=tmp_path)
+    with pytest.raises(ValueError, match="--questions_file"):
+        load_vqa_benchmark("gqa", None, None, str(tmp_path))
+
+
+def test_shapes_vqa_asks_all_four_kinds_with_correct_answers():
+    pictures = make_shapes_dataset(8, image_size=16, seed=0, split="validation")
+    data = make_shapes_vqa_dataset(8, image_size=16, seed=0, split="validation")
+    assert len(data) == 40 and data["task"].count("mme") == 16
+    assert make_shapes_vqa_dataset(4, image_size=16, seed=0, split="validation")["question_id"] == \
+        data["question_id"][:20]
+    for i, picture in enumerate(pictures):
+        rows = {r["question_id"].rsplit("-", 1)[-1]: r for r in data.select(range(5 * i, 5 * i + 5))}
+        assert rows["count"]["answers"].count(str(picture["count"])) == 4
+        assert {rows["yes"]["answers"][0], rows["no"]["answers"][0]} == {"yes", "no"}
+        assert rows["yes"]["image_id"] == rows["no"]["image_id"]
+        choice = rows["choice"]
+        assert choice["choices"][choice["answer_index"]] in (picture["shape"], picture["color"])
+    oracle = [training_answer(r) for r in data.remove_columns("image")]
+    scores = score_predictions(data, oracle)
+    assert scores["gqa"]["score"] == scores["vqa"]["score"] == scores["scienceqa"]["score"] == 100.0
+    assert scores["mme"]["score"] == 4 * 200.0  # existence, count, position, color: all perception
+
+
+# -- generation and scoring -------------------------------------------------------------------------------------------
+def test_generation_and_scoring_end_to_end_on_the_embedded_data(built, train_data, eval_data):
+    model, processor = built
+    batched = generate_answers(model, processor, eval_data, batch_size=7, max_new_tokens=3)
+    assert len(batched) == len(eval_data) and all(isinstance(a, str) for a in batched)
+    # Left padding changes nothing: answers one by one are the same.
+    assert generate_answers(model, processor, eval_data.select(range(6)), batch_size=1, max_new_tokens=3) == \
+        batched[:6]
+    results = score_predictions(eval_data, batched)
+    assert set(results) == {"mme", "gqa", "vqa", "scienceqa"}
+    assert all(r["num_questions"] > 0 and r["score"] >= 0 for r in results.values())
+    prior = score_predictions(eval_data, question_prior_predictions(train_data, eval_data))
+    table = format_results_table({"tiny": results, "prior": prior})
+    assert table.splitlines()[0] == "| | MME | GQA | OK-VQA | ScienceQA |" and len(table.splitlines()) == 4
+    with pytest.raises(ValueError, match="3 predictions for 20 questions"):
+        score_predictions(eval_data, batched[:3])
+
+
+# -- the script -------------------------------------------------------------------------------------------------------
+def _script():
+    spec = importlib.util.spec_from_file_location("run_vlm_finetune", ROOT / "examples" / "run_vlm_finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their string annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_rejects_bad_flag_combinations(tmp_path):
+    script = _script()
+    with pytest.raises(ValueError, match="exactly one model source"):
+        script.ModelArguments()
+    with pytest.raises(ValueError, match="--text_model_name_or_path"):
+        script.ModelArguments(vision_model_name_or_path="x")
+    with pytest.raises(ValueError, match="--benchmark gqa reads --questions_file"):
+        script.DataArguments(benchmark="gqa")
+    with pytest.raises(ValueError, match="--train_benchmark okvqa needs --train_image_dir"):
+        script.DataArguments(train_benchmark="okvqa", train_questions_file="q.json")
+    with pytest.raises(ValueError, match="--prompt_template"):
+        script.DataArguments(prompt_template="Question: {question}")
+    with pytest.raises(ValueError, match="--do_train"):
+        script.VLMTrainingArguments(output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="--lora_r 4 applies to stage 2"):
+        script.VLMTrainingArguments(output_dir=str(tmp_path), do_train=True, stages=[1], lora_r=4)
+
+
+PLAIN_LOADER = """
+import sys
+
+class BlockHive:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hive_hf" or name.startswith("hive_hf."):
+            raise ImportError("hive_hf is blocked in this process")
+
+sys.meta_path.insert(0, BlockHive())
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model = AutoModelForImageTextToText.from_pretrained({folder!r})
+processor = AutoProcessor.from_pretrained({folder!r})
+inputs = processor(images=[Image.new("RGB", (16, 16), (200, 30, 30))],
+                   text=["<image>\\nQuestion: what color are the shapes?\\nAnswer:"], return_tensors="pt")
+model.generate(**inputs, max_new_tokens=2, do_sample=False)
+print(type(model).__name__, type(processor).__name__)
+"""
+
+
+def test_script_end_to_end(backbones, tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable, str(ROOT / "examples" / "run_vlm_finetune.py"),
+        "--vision_model_name_or_path", backbones["hive"], "--tiny_text_backbone", "--tiny_text_hidden_size", "32",
+        "--tiny_text_layers", "2", "--tiny_text_pretrain_steps", "0", "--shapes_image_size", "16",
+        "--shapes_train_images", "8", "--shapes_eval_images", "2", "--do_train", "--do_eval",
+        "--stage_max_steps", "2", "2", "--per_device_train_batch_size", "4", "--stage_batch_sizes", "4", "4",
+        "--lora_r", "2", "--max_new_tokens", "2", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
+        "--disable_tqdm", "True", "--output_dir", str(out), "--run_name", "tiny",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| tiny |" in result.stdout and "| blind question prior |" in result.stdout
+    for stage in (1, 2):
+        config = json.loads((out / f"stage{stage}" / "config.json").read_text())
+        assert config["model_type"] == "llava" and "auto_map" not in config
+        assert json.loads((out / f"stage{stage}" / "vlm_stage.json").read_text())["stage"] == stage
+    assert not any("lora_" in k for k in LlavaForConditionalGeneration.from_pretrained(out / "stage2").state_dict())
+    scores = json.loads((out / "eval_results.json").read_text())
+    assert scores["eval_samples"] == 10 and {"mme_score", "gqa_score", "vqa_score", "scienceqa_score"} <= set(scores)
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 10 and all("prediction" in p for p in predictions)
+    assert "| tiny |" in (out / "results.md").read_text()
+
+    # The released folder needs neither hive_hf nor remote code: load and generate with hive_hf blocked.
+    loader = PLAIN_LOADER.format(folder=str(out / "stage2"))
+    result = subprocess.run([sys.executable, "-c", loader], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["LlavaForConditionalGeneration", "LlavaProcessor"]
