@@ -1,0 +1,244 @@
+"""How much of the LM loss's gradient reaches each encoder layer (paper Sec. 4.3, Fig. 2 and appendix Sec. 9.1).
+
+The paper argues that cross-attention from intermediate layers sends more gradient into the early encoder layers
+than final-layer-only (cascaded, SA) training, and shows it as per-layer gradient pictures. Here it is a number per
+layer and a picture per layer, for any fusion mode, on one batch:
+
+- `hidden_grad_norms[i]`: the norm of d loss / d (output of encoder block i+1), over the whole batch;
+- `param_grad_norms[i]`: the norm of the gradient of block i+1's parameters;
+- `patch_maps[i]`: for each image, the norm over channels of d loss / d (block output) at every patch, on the patch
+  grid (a CLIP class token dropped).
+Blocks deeper than the deepest tapped layer are never run (the encoder stops there), so their gradient is zero.
+
+    python -m hive_hf.analysis.gradient_flow --hive outputs/demo/stage3 --baseline outputs/demo_sa/stage3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from transformers.utils import logging
+
+from ..modeling_hive import HiveForConditionalGeneration
+from ._common import load_checkpoint, load_image, pixels_to_image, to_patch_grid
+
+matplotlib.use("Agg")  # no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class GradientFlow:
+    r"""
+    layers (`list[int]`): encoder blocks as `hidden_states` indices, 1 .. num_hidden_layers.
+    tapped_layers (`list[int]`): the model's `vision_feature_layers`.
+    hidden_grad_norms (`list[float]`): per block, the norm of d loss / d (block output) over the batch.
+    param_grad_norms (`list[float]`): per block, the norm of the gradient of its parameters.
+    patch_maps (`torch.Tensor` of shape `(num_layers, batch_size, grid, grid)`): per block and image, the norm over
+        channels of d loss / d (block output) at each patch.
+    loss (`float`): the LM loss the gradients are of.
+    """
+
+    layers: list[int]
+    tapped_layers: list[int]
+    hidden_grad_norms: list[float]
+    param_grad_norms: list[float]
+    patch_maps: torch.Tensor
+    loss: float
+
+    def relative(self, values: list[float]) -> list[float]:
+        """`values` divided by the value at the deepest tapped layer (the loss's scale cancels between models)."""
+        ref = values[max(self.tapped_layers) - 1]
+        return [v / ref if ref else math.nan for v in values]
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("patch_maps")
+        return out
+
+
+def _blocks(model: HiveForConditionalGeneration) -> torch.nn.ModuleList:
+    encoder = getattr(model.vision_model.vision_tower, "encoder", None)
+    blocks = getattr(encoder, "layers", None)
+    if blocks is None:
+        raise ValueError(
+            f"{type(model.vision_model.vision_tower).__name__} has no `encoder.layers`; gradient flow needs a "
+            "ViT-style tower (SigLIP, CLIP)."
+        )
+    return blocks
+
+
+def encoder_gradient_flow(
+    model: HiveForConditionalGeneration,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> GradientFlow:
+    """Per-layer gradient norms and per-patch gradient maps of the LM loss in the vision encoder, for one batch.
+
+    `labels` default to `input_ids` with padding ignored. Every encoder parameter takes part, whatever the model's
+    training stage (the gradient reaching a layer does not depend on what is frozen); the trainable flags are
+    restored afterwards and all `.grad` are cleared.
+    """
+    blocks = _blocks(model)
+    if labels is None:
+        labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -100)
+    outputs: dict[int, torch.Tensor] = {}
+
+    def keep(index: int):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            if hidden.requires_grad:
+                hidden.retain_grad()
+                outputs[index] = hidden
+
+        return hook
+
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    handles = [block.register_forward_hook(keep(i)) for i, block in enumerate(blocks)]
+    try:
+        for param in model.vision_model.parameters():
+            param.requires_grad_(True)
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            out = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            out.loss.backward()
+        batch, grid_shape = pixel_values.shape[0], None
+        hidden_norms, param_norms, maps = [], [], []
+        for i, block in enumerate(blocks):
+            hidden = outputs.get(i)
+            grad = hidden.grad if hidden is not None else None
+            if grad is None:  # never run (deeper than the deepest tap) or unused: no gradient reached it
+                hidden_norms.append(0.0)
+                maps.append(None)
+            else:
+                hidden_norms.append(grad.float().norm().item())
+                maps.append(to_patch_grid(grad.float().norm(dim=-1), model.config).cpu())  # (B, grid, grid)
+                grid_shape = maps[-1].shape
+            squares = [p.grad.float().pow(2).sum() for p in block.parameters() if p.grad is not None]
+            param_norms.append(torch.stack(squares).sum().sqrt().item() if squares else 0.0)
+        if grid_shape is None:  # no layer got a gradient
+            grid_shape = (batch, *to_patch_grid(torch.zeros(model.config.num_image_tokens), model.config).shape)
+        patch_maps = torch.stack([m if m is not None else torch.zeros(grid_shape) for m in maps])
+        loss = out.loss.item()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags[name])
+        model.zero_grad(set_to_none=True)
+    return GradientFlow(
+        layers=list(range(1, len(blocks) + 1)),
+        tapped_layers=list(model.config.vision_feature_layers),
+        hidden_grad_norms=hidden_norms,
+        param_grad_norms=param_norms,
+        patch_maps=patch_maps,
+        loss=loss,
+    )
+
+
+def gradient_flow_table(flows: Mapping[str, GradientFlow]) -> str:
+    """A markdown table, one row per encoder layer: for each model the gradient norm at the block output and of its
+    parameters, absolute and relative to the model's deepest tapped layer (`*` marks tapped layers)."""
+    names = list(flows)
+    head = ["layer"]
+    for name in names:
+        head += [f"{name} ‖dL/dh‖", f"{name} rel.", f"{name} ‖dL/dθ‖", f"{name} rel."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rel = {n: (f.relative(f.hidden_grad_norms), f.relative(f.param_grad_norms)) for n, f in flows.items()}
+    layers = flows[names[0]].layers
+    for i, layer in enumerate(layers):
+        cells = [str(layer)]
+        for name in names:
+            flow = flows[name]
+            mark = "*" if layer in flow.tapped_layers else ""
+            cells += [f"{flow.hidden_grad_norms[i]:.3e}{mark}", f"{rel[name][0][i]:.3f}",
+                      f"{flow.param_grad_norms[i]:.3e}", f"{rel[name][1][i]:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "LM loss of the batch: " + ", ".join(f"{n} {flows[n].loss:.4f}" for n in names)]
+    return "\n".join(lines)
+
+
+def plot_gradient_maps(
+    flows: Mapping[str, GradientFlow],
+    images: Mapping[str, np.ndarray] | np.ndarray,
+    path: str | Path,
+    sample: int = 0,
+    title: str | None = None,
+) -> Path:
+    """A PNG grid: one row per model, columns the input image then encoder layers 1..N, each map the per-patch
+    gradient norm of image `sample` (colours min-max scaled per panel, to show where the gradient goes; the panel
+    title gives the layer's total norm, to compare how much arrives)."""
+    path = Path(path)
+    names = list(flows)
+    columns = 1 + len(flows[names[0]].layers)
+    fig, axes = plt.subplots(len(names), columns, figsize=(1.6 * columns, 2.0 * len(names)), squeeze=False)
+    for row, name in enumerate(names):
+        flow = flows[name]
+        image = images[name] if isinstance(images, Mapping) else images
+        axes[row, 0].imshow(image)
+        axes[row, 0].set_title("input", fontsize=8)
+        axes[row, 0].set_ylabel(name, fontsize=9)
+        for col, layer in enumerate(flow.layers, start=1):
+            grad_map = flow.patch_maps[col - 1, sample].numpy()
+            ax = axes[row, col]
+            low, high = float(grad_map.min()), float(grad_map.max())
+            ax.imshow(grad_map, cmap="inferno", vmin=low, vmax=high if high > low else low + 1.0)
+            tapped = "*" if layer in flow.tapped_layers else ""
+            ax.set_title(f"L{layer}{tapped} {flow.hidden_grad_norms[col - 1]:.1e}", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or "d loss / d encoder layer output: per-patch norm, min-max per panel (* = tapped layer)",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict[str, GradientFlow]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hive", required=True, help="A HIVE checkpoint (joint or gated fusion).")
+    parser.add_argument("--baseline", required=True, help="The SA baseline checkpoint (concat fusion).")
+    parser.add_argument("--image", default=None, help="An image file; default: a synthetic-shapes picture.")
+    parser.add_argument("--caption", default=None, help="Its caption; default: the synthetic picture's.")
+    parser.add_argument("--output", default="gradient_flow.png", help="Where the PNG grid goes.")
+    parser.add_argument("--json", default=None, help="Also write the per-layer numbers to this JSON file.")
+    args = parser.parse_args(argv)
+
+    flows: dict[str, GradientFlow] = {}
+    images: dict[str, np.ndarray] = {}
+    for name, ckpt in ((None, args.hive), ("SA (concat)", args.baseline)):
+        model, processor = load_checkpoint(ckpt)
+        image, default_caption = load_image(args.image, 4 * model.config.vision_config.image_size)
+        caption = args.caption or default_caption
+        if caption is None:
+            parser.error("--caption is required with --image.")
+        batch = processor(images=image, text=caption, add_eos=True, return_labels=True)
+        name = name or f"HIVE ({model.config.fusion})"
+        flows[name] = encoder_gradient_flow(model, batch["pixel_values"], batch["input_ids"],
+                                            batch["attention_mask"], batch["labels"])
+        images[name] = pixels_to_image(batch["pixel_values"][0], processor)
+    print(f"Caption: {caption!r}\n")
+    print(gradient_flow_table(flows))
+    path = plot_gradient_maps(flows, images, args.output)
+    print(f"\ngradient maps: {path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({n: f.to_dict() for n, f in flows.items()}, indent=2))
+    return flows
+
+
+if __name__ == "__main__":
+    main()
