@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging as pylogging
-import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +53,7 @@ from hive_hf.training import (
     last_complete_checkpoint,
     merge_lora,
 )
+from hive_hf.training.arguments import parse_json_or_flags, stage_training_args
 
 logger = logging.get_logger("hive_hf.run_pretrain")
 STAGE_MARKER = "hive_stage.json"
@@ -187,38 +186,15 @@ class HivePretrainingArguments(TrainingArguments):
     def for_stage(self, stage: int, output_dir: Path) -> TrainingArguments:
         """Plain `TrainingArguments` for one stage: its hyperparameters, its folder, its run name."""
         i = stage - 1
-        per_step = self.per_device_train_batch_size * self.world_size
-        accumulation = max(1, math.ceil(self.stage_batch_sizes[i] / per_step))
-        if accumulation * per_step != self.stage_batch_sizes[i]:
-            logger.warning(
-                f"stage {stage}: global batch {self.stage_batch_sizes[i]} is not a multiple of "
-                f"{self.per_device_train_batch_size} x {self.world_size} processes; using {accumulation * per_step}."
-            )
-        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
-        plain.update(
-            output_dir=str(output_dir),
-            learning_rate=self.stage_learning_rates[i],
-            num_train_epochs=self.stage_epochs[i],
-            max_steps=self.stage_max_steps[i],
-            max_grad_norm=self.stage_max_grad_norms[i],
-            warmup_steps=self.stage_warmup_steps[i],
-            gradient_accumulation_steps=accumulation,
-            run_name=f"{self.run_name or Path(self.output_dir).name}-stage{stage}",
-            hub_model_id=f"{self.hub_model_id}-stage{stage}" if self.hub_model_id else None,
+        return stage_training_args(
+            self, stage, output_dir, self.stage_batch_sizes[i], learning_rate=self.stage_learning_rates[i],
+            num_train_epochs=self.stage_epochs[i], max_steps=self.stage_max_steps[i],
+            max_grad_norm=self.stage_max_grad_norms[i], warmup_steps=self.stage_warmup_steps[i],
         )
-        return TrainingArguments(**plain)
 
 
 def parse_args() -> tuple[ModelArguments, DataArguments, HivePretrainingArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, HivePretrainingArguments))
-    argv = sys.argv[1:]
-    if argv and argv[0].endswith(".json"):  # one JSON file, optionally followed by flags that override it
-        flags = []
-        for key, value in json.loads(Path(argv[0]).read_text()).items():
-            values = value if isinstance(value, list) else [value]
-            flags += [f"--{key}", *(str(v) for v in values)]
-        argv = flags + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_json_or_flags(HfArgumentParser((ModelArguments, DataArguments, HivePretrainingArguments)))
 
 
 def check_combinations(model_args: ModelArguments, data_args: DataArguments, args: HivePretrainingArguments) -> None:

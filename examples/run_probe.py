@@ -46,6 +46,7 @@ from hive_hf.evaluation import (
     load_probe_datasets,
     run_probe,
 )
+from hive_hf.training.arguments import parse_json_or_flags
 
 logger = logging.get_logger("hive_hf.run_probe")
 
@@ -137,15 +138,7 @@ class RunArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[EncoderArguments, DataArguments, ProbeSettings, RunArguments]:
-    parser = HfArgumentParser((EncoderArguments, DataArguments, ProbeSettings, RunArguments))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith(".json"):  # one JSON file, optionally followed by flags that override it
-        flags = []
-        for key, value in json.loads(Path(argv[0]).read_text()).items():
-            values = value if isinstance(value, list) else [value]
-            flags += [f"--{key}", *(str(v) for v in values)]
-        argv = flags + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_json_or_flags(HfArgumentParser((EncoderArguments, DataArguments, ProbeSettings, RunArguments)), argv)
 
 
 def main() -> None:

@@ -27,11 +27,8 @@ Run the same command again after a crash: finished stages are skipped, the inter
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging as pylogging
-import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +44,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from hive_hf.backbones import write_tiny_backbones
@@ -70,7 +66,8 @@ from hive_hf.evaluation.vqa_data import (
     load_vqa_benchmark,
     training_texts,
 )
-from hive_hf.training import HiveTrainer
+from hive_hf.training import HiveTrainer, last_complete_checkpoint
+from hive_hf.training.arguments import parse_json_or_flags, stage_training_args
 
 logger = logging.get_logger("hive_hf.run_vlm_finetune")
 STAGE_MARKER = "vlm_stage.json"
@@ -232,32 +229,14 @@ class VLMTrainingArguments(TrainingArguments):
     def for_stage(self, stage: int, output_dir: Path) -> TrainingArguments:
         """Plain `TrainingArguments` for one stage: its hyperparameters, its folder, its run name."""
         i = stage - 1
-        per_step = self.per_device_train_batch_size * self.world_size
-        accumulation = max(1, math.ceil(self.stage_batch_sizes[i] / per_step))
-        if accumulation * per_step != self.stage_batch_sizes[i]:
-            logger.warning(f"stage {stage}: global batch {self.stage_batch_sizes[i]} is not a multiple of "
-                           f"{per_step}; using {accumulation * per_step}.")
-        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
-        plain.update(
-            output_dir=str(output_dir), learning_rate=self.stage_learning_rates[i],
+        return stage_training_args(
+            self, stage, output_dir, self.stage_batch_sizes[i], learning_rate=self.stage_learning_rates[i],
             num_train_epochs=self.stage_epochs[i], max_steps=self.stage_max_steps[i],
-            gradient_accumulation_steps=accumulation,
-            run_name=f"{self.run_name or Path(self.output_dir).name}-stage{stage}",
-            hub_model_id=f"{self.hub_model_id}-stage{stage}" if self.hub_model_id else None,
         )
-        return TrainingArguments(**plain)
 
 
 def parse_args() -> tuple[ModelArguments, DataArguments, VLMTrainingArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments))
-    argv = sys.argv[1:]
-    if argv and argv[0].endswith(".json"):  # one JSON file, optionally followed by flags that override it
-        flags = []
-        for key, value in json.loads(Path(argv[0]).read_text()).items():
-            values = value if isinstance(value, list) else [value]
-            flags += [f"--{key}", *(str(v) for v in values)]
-        argv = flags + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_json_or_flags(HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments)))
 
 
 def load_data(data_args: DataArguments, args: VLMTrainingArguments) -> tuple[Dataset | None, Dataset | None]:
@@ -328,7 +307,7 @@ def run_stage(stage: int, start_dir: Path, model_args: ModelArguments, data_args
         data_collator=VQACollator(processor, data_args.prompt_template), stage=stage,
         stage_setter=set_vlm_training_stage, processing_class=processor,  # checkpoints carry the processor too
     )
-    last = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
+    last = last_complete_checkpoint(stage_dir)
     if last:
         logger.warning(f"stage {stage}: resuming from {last}")
     result = trainer.train(resume_from_checkpoint=last)
