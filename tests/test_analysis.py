@@ -28,15 +28,6 @@ from hive_hf.backbones import build_word_tokenizer
 from hive_hf.data.synthetic import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, shapes_caption
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops spend their time in thread hand-offs, worst on a busy machine: one thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def eager(**kwargs) -> HiveForConditionalGeneration:
     config = tiny_config(**kwargs)
     config.text_config._attn_implementation = "eager"

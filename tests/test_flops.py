@@ -27,14 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = PRESETS["tiny"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops spend their time in thread hand-offs, worst on a busy machine: one thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def mm(m: int, n: int, k: int) -> int:
     """FLOPs of an (m x k) @ (k x n) product: one multiply and one add per term."""

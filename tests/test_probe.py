@@ -40,14 +40,6 @@ SCRIPT = ROOT / "examples" / "run_probe.py"
 SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids oversubscription (several times faster here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory):
