@@ -51,7 +51,6 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
     PreTrainedModel,
     get_cosine_schedule_with_warmup,
@@ -59,6 +58,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging
 
+from ..compat import AutoImageProcessor
 from ..configuration_hive import HiveConfig
 from ..data import decode_image, make_shapes_dataset
 from ..metrics import load_metric

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from transformers import (
     AddedToken,
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -37,6 +36,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from ..compat import AutoImageProcessor
 from ..configuration_hive import HiveConfig
 from ..data.captions import decode_image
 from ..metrics import load_metric
