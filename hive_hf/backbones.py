@@ -15,7 +15,7 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
-    SiglipImageProcessor,
+    SiglipImageProcessorPil,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
@@ -67,7 +67,7 @@ def write_tiny_backbones(
         hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=4, image_size=image_size, patch_size=patch_size,
     ))
-    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
     if vision_pretrain_steps > 0:
         if images is None or len(images) != len(texts):
             raise ValueError("`vision_pretrain_steps` needs `images`, one per text.")

@@ -25,15 +25,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.loss.loss_utils import ForCausalLMLoss
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward, repeat_kv
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_hive import HiveConfig
 
@@ -57,9 +58,14 @@ CHECKPOINTING = (
 )
 
 
-def _pop_cache(cache: Cache | None, kwargs: dict[str, Any]) -> Cache | None:
+# joint/gated: a cache this model returns carries the image keys/values under this attribute, so that continuing a
+# generation from it keeps the image (concat keeps it anyway: its image tokens are in the cache).
+_CACHE_IMAGE_KEY_VALUES = "hive_image_key_values"
+
+
+def _pop_cache(cache: Cache | None, kwargs: dict[str, Any], legacy: Cache | None = None) -> Cache | None:
     """The cache, whichever name the caller used (`cache` from 5.24 on, `past_key_values` before and by users)."""
-    legacy = kwargs.pop("past_key_values", None)
+    legacy = kwargs.pop("past_key_values", legacy)
     if cache is not None and legacy is not None:
         raise ValueError("Pass the key/value cache once, as `cache` or as `past_key_values`, not both.")
     return cache if cache is not None else legacy
@@ -98,13 +104,18 @@ class HiveVisionEncoderOutput(ModelOutput):
         One `(batch_size, num_patches, vision_hidden_size)` tensor per entry of `config.vision_feature_layers`,
         in that order (`hidden_states` indices: 0 = patch embeddings, i = output of block i).
     hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        All `num_hidden_layers + 1` hidden states, when `output_hidden_states=True`.
+        All `num_hidden_layers + 1` hidden states, when `output_hidden_states=True` (with a list of indices, the
+        others are `None`).
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        The tower's attention weights per block, `(batch_size, num_heads, num_patches, num_patches)`, when
+        `output_attentions=True` and the tower's attention implementation produces them (`eager`).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     hierarchical_features: tuple[torch.FloatTensor, ...] | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -119,6 +130,11 @@ class HiveCausalLMOutputWithPast(ModelOutput):
         transformers releases before 5.24, as the library's own outputs are.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*):
         The LLM's hidden states, when `output_hidden_states=True`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        When `output_attentions=True` and the LLM's attention implementation returns weights (`eager`): per LLM layer
+        the weights over its text keys, `(batch_size, num_heads, sequence_length, key_length)`, as the plain LLM's
+        (joint: the fused layers' weights over their text keys; the image part is in `image_attentions`; concat: over
+        the whole sequence, image tokens included).
     image_attentions (`tuple(torch.FloatTensor)`, *optional*):
         When `output_attentions=True`: per fused layer (`cross_attention_layers`; concat: every LLM layer) the
         attention weights from each query position to each image token, shape
@@ -136,6 +152,7 @@ class HiveCausalLMOutputWithPast(ModelOutput):
     else:
         past_key_values: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     image_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_key_values: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
 
@@ -258,6 +275,7 @@ class HiveJointAttention(nn.Module):
         cache: Cache | None = None,
         hive_image_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
         hive_attentions: list | None = None,
+        hive_text_attentions: list | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         cache = _pop_cache(cache, kwargs)  # the decoder layer passes it as `cache` (5.24+) or `past_key_values`
@@ -289,6 +307,10 @@ class HiveJointAttention(nn.Module):
             out, weights = _attend(query, key, value, allowed, self.scaling, dropout, need_weights)
             if hive_attentions is not None:
                 hive_attentions.append(weights[..., :num_image])
+            if weights is not None:  # the layer's own attentions are over its text keys, as the plain LLM's
+                weights = weights[..., num_image:]
+        if hive_text_attentions is not None:  # the LLM records its own attention modules only, not this one
+            hive_text_attentions.append(weights)
         out = self.o_proj(out.reshape(*input_shape, -1).contiguous())
         return out, weights
 
@@ -333,28 +355,23 @@ class HiveGatedCrossAttention(nn.Module):
         return hidden_states + torch.tanh(self.gate).to(out.dtype) * out
 
 
-class HiveGatedDecoderLayer(nn.Module):
-    """A decoder layer with a gated cross-attention block in front of it (gated fusion)."""
+def _gated_cross_attention_hook(layer: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+    """Forward pre-hook of a decoder layer fed by a tapped encoder layer (gated fusion): its gated cross-attention
+    block (`layer.cross_attn`) runs on the hidden states before the layer does.
 
-    def __init__(self, decoder_layer: nn.Module, cross_attn: HiveGatedCrossAttention):
-        super().__init__()
-        self.cross_attn = cross_attn
-        self.decoder_layer = decoder_layer
-        # Qwen2/Qwen3/Mistral pick each layer's mask (full or sliding) by this attribute.
-        if hasattr(decoder_layer, "attention_type"):
-            self.attention_type = decoder_layer.attention_type
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        *args: Any,
-        hive_image_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
-        hive_attentions: list | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        if hive_image_kv is not None:
-            hidden_states = self.cross_attn(hidden_states, hive_image_kv[self.cross_attn.fusion_index], hive_attentions)
-        return self.decoder_layer(hidden_states, *args, **kwargs)
+    A hook rather than a wrapper keeps the LLM's module names, so its checkpoint keys and tensor-parallel plan
+    (`layers.*.self_attn.q_proj`, ...) apply unchanged; it runs inside the layer's call, so gradient checkpointing
+    recomputes it with the layer.
+    """
+    image_kv = kwargs.get("hive_image_kv")
+    if image_kv is None:
+        return None
+    cross_attn = layer.cross_attn
+    hidden_states = args[0] if args else kwargs["hidden_states"]
+    hidden_states = cross_attn(hidden_states, image_kv[cross_attn.fusion_index], kwargs.get("hive_attentions"))
+    if args:
+        return (hidden_states, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden_states}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -367,7 +384,7 @@ class HivePreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["HiveProjector", "HiveGatedDecoderLayer"]
+    _no_split_modules = ["HiveProjector"]  # a gated layer's cross-attention lives inside the LLM's decoder layer
     _skip_keys_device_placement = [CACHE_NAME]
     _supports_sdpa = True
     _supports_flash_attn = False
@@ -450,32 +467,47 @@ class HiveVisionEncoderModel(HivePreTrainedModel):
             states.append(hidden)
         return tuple(states[i] for i in layers)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
+        output_attentions: bool | None = None,
         interpolate_pos_encoding: bool = False,
         features_only: bool = False,
         **kwargs: Any,
     ) -> HiveVisionEncoderOutput:
         r"""
+        output_hidden_states (`bool` or `list[int]`, *optional*):
+            Return the tower's hidden states; a list of indices keeps only those (the others are `None`), as
+            transformers' "capture only these layers". `None` uses `config.output_hidden_states`.
+        output_attentions (`bool`, *optional*):
+            Return the tower's attention weights (its attention implementation must produce them, e.g. `eager`).
+            `None` uses `config.output_attentions`.
         features_only (`bool`, *optional*, defaults to `False`):
             Return only `hierarchical_features`, computing no block beyond the deepest tapped layer.
         """
         if features_only:
             feats = self.hierarchical_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
             return HiveVisionEncoderOutput(hierarchical_features=feats)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         out = self.vision_tower(
             pixel_values=pixel_values.to(self.dtype),
-            output_hidden_states=True,
+            output_hidden_states=True,  # the tapped layers are hidden states
+            output_attentions=bool(output_attentions),
             interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
             **kwargs,
         )
         return HiveVisionEncoderOutput(
             last_hidden_state=out.last_hidden_state,
             pooler_output=getattr(out, "pooler_output", None),
             hierarchical_features=tuple(out.hidden_states[i] for i in self.config.vision_feature_layers),
-            hidden_states=out.hidden_states if output_hidden_states else None,
+            hidden_states=_select_hidden_states(out.hidden_states, output_hidden_states),
+            attentions=out.attentions if output_attentions else None,
         )
 
     def to_base_model(self) -> PreTrainedModel:
@@ -530,7 +562,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             if fusion == "joint":
                 layer.self_attn = HiveJointAttention(layer.self_attn, index, self.config.separate_image_kv)
             else:
-                layers[layer_idx] = HiveGatedDecoderLayer(layer, HiveGatedCrossAttention(self.config.text_config, index))
+                layer.cross_attn = HiveGatedCrossAttention(self.config.text_config, index)
+                layer.register_forward_pre_hook(_gated_cross_attention_hook, with_kwargs=True)
 
     def copy_image_kv_from_text(self) -> None:
         """Separate image k/v projections start as copies of their layer's own k/v projections."""
@@ -539,17 +572,6 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 if isinstance(module, HiveJointAttention) and module.image_k_proj is not None:
                     module.image_k_proj.load_state_dict(module.k_proj.state_dict())
                     module.image_v_proj.load_state_dict(module.v_proj.state_dict())
-
-    def _llm_key(self, key: str) -> str:
-        """Where a key of the plain LLM's state dict lives in our language model (gated layers are wrapped)."""
-        if self.config.fusion != "gated":
-            return key
-        prefix = key.split("layers.", 1)
-        if len(prefix) == 2:
-            idx, rest = prefix[1].split(".", 1)
-            if int(idx) in self.config.cross_attention_layers:
-                return f"{prefix[0]}layers.{idx}.decoder_layer.{rest}"
-        return key
 
     @classmethod
     def from_vision_text_pretrained(
@@ -576,8 +598,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         config = HiveConfig(vision_config=vision.config, text_config=llm.config, **config_kwargs)
         model = cls(config)
         model.vision_model.vision_tower.load_state_dict(vision.state_dict())
-        llm_state = {model._llm_key(k): v for k, v in llm.state_dict().items()}
-        result = model.language_model.load_state_dict(llm_state, strict=False)
+        result = model.language_model.load_state_dict(llm.state_dict(), strict=False)
         unexpected = list(result.unexpected_keys)
         bad_missing = [k for k in result.missing_keys if ".cross_attn." not in k and ".image_" not in k]
         if unexpected or bad_missing:
@@ -592,6 +613,22 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         return model
 
     # -- plumbing transformers expects ------------------------------------------------------------------------------
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Any = checkpoint, **kwargs: Any
+    ) -> None:
+        # joint/gated hand the image keys/values to the fused layers as keyword arguments; reentrant checkpointing
+        # recomputes a layer from its positional inputs only and would backpropagate through them twice.
+        reentrant = getattr(gradient_checkpointing_func, "keywords", {}).get("use_reentrant")
+        if enable and reentrant and self.config.fusion != "concat":
+            raise ValueError(
+                f"fusion={self.config.fusion!r} needs non-reentrant gradient checkpointing: the image keys/values "
+                "reach the fused layers as keyword arguments, which reentrant checkpointing cannot recompute. Pass "
+                f'{CHECKPOINTING}_kwargs={{"use_reentrant": False}} (the default).'
+            )
+        super()._set_gradient_checkpointing(
+            enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, **kwargs
+        )
+
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
@@ -650,35 +687,73 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         return counts
 
     # -- vision side ---------------------------------------------------------------------------------------------
-    def _vision_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _encoder_grad(self) -> torch.autograd.grad_mode.set_grad_enabled:
         # A frozen encoder (stages 1 and 2) keeps no activations for backward: that memory is the encoder's size.
         frozen = not any(p.requires_grad for p in self.vision_model.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        return torch.set_grad_enabled(torch.is_grad_enabled() and not frozen)
+
+    def _vision_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tapped layers' features, running no block beyond the deepest."""
+        with self._encoder_grad():
             return self.vision_model.hierarchical_features(pixel_values)
 
     def get_image_key_values(self, pixel_values: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Per fused LLM layer the image (key, value), computed once per image. joint/gated only."""
         if self.config.fusion == "concat":
             raise ValueError("fusion='concat' puts image tokens into the sequence; it has no image key/values.")
-        features = self._vision_features(pixel_values)
+        projected = self.get_image_features(pixel_values, return_dict=True).pooler_output
         layers = self._decoder_layers()
-        dtype = self.get_input_embeddings().weight.dtype
         image_kv = []
-        for feature, projector, layer_idx in zip(features, self.projectors, self.config.cross_attention_layers):
-            projected = projector(feature).to(dtype)  # (B, N, D_text)
+        for features, layer_idx in zip(projected, self.config.cross_attention_layers):
             layer = layers[layer_idx]
             if self.config.fusion == "joint":
-                image_kv.append(layer.self_attn.image_key_values(layer.input_layernorm(projected)))
+                image_kv.append(layer.self_attn.image_key_values(layer.input_layernorm(features)))
             else:
-                image_kv.append(layer.cross_attn.image_key_values(projected))
+                image_kv.append(layer.cross_attn.image_key_values(features))
         return tuple(image_kv)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """concat mode: the projected vision tokens that enter the LLM sequence, (B, N, D_text)."""
-        feature = self._vision_features(pixel_values)[0]
-        return self.projectors[0](feature).to(self.get_input_embeddings().weight.dtype)
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | list[int] | None = None,
+        output_attentions: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        What the LLM receives from each image, by fusion:
+
+        - `pooler_output`: concat, the projected vision tokens that enter the LLM sequence, `(batch_size, num_patches,
+          text_hidden_size)`; joint/gated, a tuple with one such tensor per tapped layer (`vision_feature_layers`
+          order): that layer's projector output, from which the paired LLM layer (`cross_attention_layers`) forms the
+          image keys/values (joint: after that layer's own input norm).
+        - `last_hidden_state`: the deepest tapped encoder layer, `(batch_size, num_patches, vision_hidden_size)`.
+        - `hidden_states` / `attentions`: the tower's, when asked (`None` uses the config); otherwise no block beyond
+          the deepest tapped layer runs.
+        """
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        hidden_states = attentions = None
+        if output_hidden_states or output_attentions:
+            with self._encoder_grad():
+                out = self.vision_model(pixel_values, output_hidden_states=output_hidden_states,
+                                        output_attentions=output_attentions, return_dict=True, **kwargs)
+            features, hidden_states, attentions = out.hierarchical_features, out.hidden_states, out.attentions
+        else:
+            features = self._vision_features(pixel_values)
+        dtype = self.get_input_embeddings().weight.dtype
+        projected = tuple(projector(f).to(dtype) for f, projector in zip(features, self.projectors))  # (B, N, D_text)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=features[-1],
+            pooler_output=projected[0] if self.config.fusion == "concat" else projected,
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
 
     # -- forward ---------------------------------------------------------------------------------------------------
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -693,19 +768,28 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         image_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs: Any,
     ) -> HiveCausalLMOutputWithPast:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`, *optional*):
-            Images, one per sequence. Without them (and without `image_key_values`) the model is the plain LLM.
+            Images, one per sequence. Without them (and without `image_key_values` or a cache that carries them) the
+            model is the plain LLM.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Aligned with `input_ids` (the loss shifts them); -100 is ignored, and so are image positions.
         cache (`Cache`, *optional*):
-            The LLM's key/value cache; `past_key_values=` is accepted too, on every transformers release.
+            The LLM's key/value cache. joint/gated: a cache this model returned carries its image keys/values, so
+            continuing from it keeps the image.
+        past_key_values (`Cache`, *optional*):
+            The same, under its name before transformers 5.24 (generation there passes it so); pass one of the two.
         image_key_values (`tuple`, *optional*):
             joint/gated: a previous output's `image_key_values`, used instead of `pixel_values`.
+        output_attentions / output_hidden_states / return_dict (`bool`, *optional*):
+            As in every transformers model; `None` uses the config.
+        shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, keyword only):
+            Labels already shifted left (sequence/context parallelism); used instead of shifting `labels`.
         """
-        cache = _pop_cache(cache, kwargs)
+        cache = _pop_cache(cache, kwargs, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         if pixel_values is not None and image_key_values is not None:
@@ -716,49 +800,79 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 f"Got {pixel_values.shape[0]} images (`pixel_values`) for {text_batch} text sequences; HIVE takes "
                 "exactly one image per sequence."
             )
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        flags = {
+            "output_attentions": self.config.output_attentions if output_attentions is None else output_attentions,
+            "output_hidden_states": (
+                self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+            ),
+        }
+        loss_kwargs = {"num_items_in_batch": kwargs.pop("num_items_in_batch", None),
+                       "shift_labels": kwargs.pop("shift_labels", None)}
         if self.config.fusion == "concat":
             return self._forward_concat(
-                input_ids, pixel_values, attention_mask, position_ids, cache, inputs_embeds, labels,
-                use_cache, output_attentions, output_hidden_states, logits_to_keep, num_items_in_batch, **kwargs,
+                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds, labels=labels,
+                use_cache=use_cache, logits_to_keep=logits_to_keep, loss_kwargs=loss_kwargs, **flags, **kwargs,
             )
 
         if pixel_values is not None:
             image_key_values = self.get_image_key_values(pixel_values)
-        attentions = [] if output_attentions and image_key_values is not None else None
+        elif image_key_values is None and cache is not None:  # continuing from a cache this model returned
+            image_key_values = getattr(cache, _CACHE_IMAGE_KEY_VALUES, None)
+        record = flags["output_attentions"]
+        image_attentions = [] if record and image_key_values is not None else None
+        text_attentions = [] if record and self.config.fusion == "joint" else None
+        kwargs.update(hive_text_attentions=text_attentions)
         if image_key_values is not None:
-            kwargs.update(hive_image_kv=image_key_values, hive_attentions=attentions)
+            kwargs.update(hive_image_kv=image_key_values, hive_attentions=image_attentions)
         seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        position_ids = _position_ids(attention_mask, position_ids, cache, seq_len)
         kwargs[CACHE_NAME] = cache
         out = self.language_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=position_ids,
+            position_ids=_position_ids(attention_mask, position_ids, seq_len),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
             logits_to_keep=logits_to_keep,
+            return_dict=True,
+            **flags,
             **kwargs,
         )
+        out_cache = getattr(out, CACHE_NAME)
+        if out_cache is not None and image_key_values is not None:
+            setattr(out_cache, _CACHE_IMAGE_KEY_VALUES, image_key_values)  # the image travels with the cache
         loss = None
-        if labels is not None:
-            loss = ForCausalLMLoss(
-                out.logits, labels, self.config.text_config.vocab_size, num_items_in_batch=num_items_in_batch
-            )
+        if labels is not None or loss_kwargs["shift_labels"] is not None:
+            loss = ForCausalLMLoss(out.logits, labels, self.config.text_config.vocab_size, **loss_kwargs)
+        attentions = out.attentions
+        if text_attentions is not None and attentions:  # the fused layers' own (text) attentions, in layer order
+            attentions = _merge_layer_outputs(attentions, text_attentions, self.config.cross_attention_layers)
         return HiveCausalLMOutputWithPast(
             loss=loss,
             logits=out.logits,
             hidden_states=out.hidden_states,
-            image_attentions=tuple(attentions) if attentions is not None else None,
+            attentions=attentions,
+            image_attentions=tuple(image_attentions) if image_attentions is not None else None,
             image_key_values=image_key_values,
-            **{CACHE_NAME: getattr(out, CACHE_NAME)},
+            **{CACHE_NAME: out_cache},
         )
 
     def _forward_concat(
         self,
-        input_ids, pixel_values, attention_mask, position_ids, cache, inputs_embeds, labels,
-        use_cache, output_attentions, output_hidden_states, logits_to_keep, num_items_in_batch, **kwargs,
+        *,
+        input_ids: torch.LongTensor | None,
+        pixel_values: torch.FloatTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        cache: Cache | None,
+        inputs_embeds: torch.FloatTensor | None,
+        labels: torch.LongTensor | None,
+        use_cache: bool | None,
+        output_attentions: bool,
+        output_hidden_states: bool | list[int],
+        logits_to_keep: int | torch.Tensor,
+        loss_kwargs: dict[str, Any],
+        **kwargs: Any,
     ) -> HiveCausalLMOutputWithPast:
         """SA baseline: vision tokens at the image placeholder positions, or prepended when there are none."""
         image_token_id = self.config.resolved_image_token_id
@@ -766,15 +880,20 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))  # (B, T, D)
         batch, seq_len = inputs_embeds.shape[:2]
-        if labels is not None and is_image is not None:
-            labels = labels.masked_fill(is_image, -100)  # image positions never count in the loss
+        shift_labels = loss_kwargs["shift_labels"]
+        if is_image is not None:  # image positions never count in the loss, nor do predictions of them
+            if labels is not None:
+                labels = labels.masked_fill(is_image, -100)
+            if shift_labels is not None:
+                next_is_image = torch.cat([is_image[:, 1:], is_image.new_zeros(batch, 1)], dim=1)
+                shift_labels = shift_labels.masked_fill(next_is_image, -100)
         if attention_mask is None:
             attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=inputs_embeds.device)
 
         prepended = 0
         image_positions = None
         if pixel_values is not None:
-            image_embeds = self.get_image_features(pixel_values)  # (B, N, D)
+            image_embeds = self.get_image_features(pixel_values, return_dict=True).pooler_output  # (B, N, D)
             num_image = image_embeds.shape[1]
             found = int(is_image.sum()) if is_image is not None else 0
             if found == 0:
@@ -799,34 +918,40 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 attention_mask = torch.cat([attention_mask.new_ones(batch, pad), attention_mask], dim=1)
                 position_ids = None
 
-        if output_attentions and self.config.text_config._attn_implementation != "eager":
-            raise ValueError(
-                "fusion='concat' reads image attention from the LLM's own attention weights; load the model with "
-                "attn_implementation='eager' to use output_attentions=True."
+        weights_available = self.config.text_config._attn_implementation == "eager"
+        if output_attentions and not weights_available:
+            logger.warning_once(
+                "fusion='concat' reads image attention from the LLM's own attention weights, which only "
+                "attn_implementation='eager' returns; `image_attentions` is None. Load the model with "
+                "attn_implementation='eager' to get them."
             )
-        position_ids = _position_ids(attention_mask, position_ids, cache, inputs_embeds.shape[1])
         kwargs[CACHE_NAME] = cache
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            position_ids=position_ids,
+            position_ids=_position_ids(attention_mask, position_ids, inputs_embeds.shape[1]),
             use_cache=use_cache,
-            output_attentions=bool(output_attentions),
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             logits_to_keep=logits_to_keep,
+            return_dict=True,
             **kwargs,
         )
         logits = out.logits
         loss = None
-        if labels is not None:
+        if labels is not None or shift_labels is not None:
             if prepended:  # the last image token predicts the first text token, as with placeholders
-                labels = torch.cat([labels.new_full((batch, prepended), -100), labels], dim=1)
-            loss = ForCausalLMLoss(logits, labels, self.config.text_config.vocab_size, num_items_in_batch=num_items_in_batch)
+                pad = (batch, prepended)
+                labels = torch.cat([labels.new_full(pad, -100), labels], dim=1) if labels is not None else None
+                if shift_labels is not None:  # the first text token's label is not in shift_labels: not scored
+                    shift_labels = torch.cat([shift_labels.new_full(pad, -100), shift_labels], dim=1)
+            loss = ForCausalLMLoss(logits, labels, self.config.text_config.vocab_size,
+                                   num_items_in_batch=loss_kwargs["num_items_in_batch"], shift_labels=shift_labels)
         if prepended and logits.shape[1] == inputs_embeds.shape[1]:
             logits = logits[:, prepended:]  # aligned with input_ids
 
         image_attentions = None
-        if output_attentions and pixel_values is not None:
+        if output_attentions and weights_available and pixel_values is not None:
             if prepended:
                 image_attentions = tuple(a[:, :, prepended:, :prepended] for a in out.attentions)
             else:
@@ -838,36 +963,48 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             loss=loss,
             logits=logits,
             hidden_states=out.hidden_states,
+            attentions=out.attentions,
             image_attentions=image_attentions,
             **{CACHE_NAME: getattr(out, CACHE_NAME)},
         )
 
     # -- generation ----------------------------------------------------------------------------------------------
-    def _update_model_kwargs_for_generation(
-        self, outputs: ModelOutput, model_kwargs: dict[str, Any], is_encoder_decoder: bool = False,
-        num_new_tokens: int = 1,
+    def prepare_inputs_for_generation(
+        self, *args: Any, is_first_iteration: bool | None = False, **kwargs: Any
     ) -> dict[str, Any]:
-        model_kwargs = super()._update_model_kwargs_for_generation(
-            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
-        )
-        # Image keys/values are computed at prefill and reused; `pixel_values` are dropped after it with a cache.
-        if model_kwargs.get("use_cache", True) and getattr(outputs, "image_key_values", None) is not None:
-            model_kwargs["image_key_values"] = outputs.image_key_values
-        return model_kwargs
-
-    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
-        if model_inputs.get("image_key_values") is not None:
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # Images are read once, at the first forward of a generate call: after it, the cache holds their keys/values
+        # (joint/gated carry them with it; concat holds the image positions), as llava does.
+        if not is_first_iteration and kwargs.get("use_cache", True):
             model_inputs.pop("pixel_values", None)
         return model_inputs
 
 
-def _position_ids(
-    attention_mask: torch.Tensor | None,
-    position_ids: torch.Tensor | None,
-    cache: Cache | None,
-    seq_len: int,
-) -> torch.Tensor | None:
+def _merge_layer_outputs(
+    llm_outputs: tuple[torch.Tensor, ...], fused_outputs: list[torch.Tensor | None], fused_layers: list[int]
+) -> tuple[torch.Tensor | None, ...]:
+    """One entry per LLM layer: the fused layers' (`fused_layers`, in order) from `fused_outputs`, the others' from
+    `llm_outputs` in order (the LLM records only the attention modules it owns)."""
+    llm, fused = iter(llm_outputs), iter(fused_outputs)
+    total = len(llm_outputs) + len(fused_outputs)
+    return tuple(next(fused) if i in fused_layers else next(llm) for i in range(total))
+
+
+def _select_hidden_states(
+    hidden_states: tuple[torch.Tensor, ...], selection: bool | int | list[int] | None
+) -> tuple[torch.Tensor | None, ...] | None:
+    """`hidden_states` as `output_hidden_states` asks: all (True), none (False/None), or only the listed indices (the
+    others `None`, negative indices counted from the end), as transformers 5.x captures a list of layers."""
+    if selection is None or selection is False:
+        return None
+    if selection is True:
+        return tuple(hidden_states)
+    wanted = {i % len(hidden_states) for i in ([selection] if isinstance(selection, int) else selection)
+              if -len(hidden_states) <= i < len(hidden_states)}
+    return tuple(h if i in wanted else None for i, h in enumerate(hidden_states))
+
+
+def _position_ids(attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
     """Positions that skip padding, so a padded sequence is computed as it would be alone."""
     if position_ids is not None or attention_mask is None or attention_mask.dim() != 2:
         return position_ids

@@ -22,7 +22,7 @@ class HiveProcessor(ProcessorMixin):
     [caption, truncated to max_length] [EOS when add_eos]`; `labels` keep only the caption and EOS.
 
     Args:
-        image_processor: the vision tower's image processor (e.g. `SiglipImageProcessor`).
+        image_processor: the vision tower's image processor (e.g. `SiglipImageProcessorPil`).
         tokenizer: the LLM's tokenizer.
         num_image_tokens (`int`, *optional*, defaults to 0):
             Placeholders inserted per image; non-zero only for `fusion="concat"`, where the vision tokens take their

@@ -22,7 +22,7 @@ from hub_double import LocalHub
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from PIL import Image
 from tiny import tiny_model
-from transformers import AutoProcessor, AutoTokenizer, SiglipImageProcessor, TrainingArguments
+from transformers import AutoProcessor, AutoTokenizer, SiglipImageProcessorPil, TrainingArguments
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor, HiveVisionEncoderModel
 from hive_hf.backbones import build_word_tokenizer, write_tiny_backbones
@@ -186,7 +186,7 @@ def push_with_trainer(tmp_path):
     shapes = make_shapes_dataset(16, image_size=16, seed=0)
     model = tiny_model()
     processor = HiveProcessor.for_model_config(
-        model.config, SiglipImageProcessor(size={"height": 16, "width": 16}), build_word_tokenizer(shapes["caption"]))
+        model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}), build_word_tokenizer(shapes["caption"]))
     args = TrainingArguments(
         output_dir=str(tmp_path / "run" / "stage1"), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-2,
         save_strategy="steps", save_steps=1, logging_steps=1, push_to_hub=True, hub_model_id="hive-run-stage1",

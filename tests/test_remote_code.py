@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny import FUSIONS, set_gates, tiny_inputs, tiny_model
-from transformers import SiglipImageProcessor
+from transformers import SiglipImageProcessorPil
 
 from hive_hf import HiveProcessor
 from hive_hf.backbones import build_word_tokenizer
@@ -65,7 +65,7 @@ def test_remote_code_loads_with_equal_outputs(fusion, tmp_path):
     folder = tmp_path / "hive-tiny"
     model.save_pretrained(folder)
     processor = HiveProcessor.for_model_config(
-        model.config, SiglipImageProcessor(size={"height": 16, "width": 16}),
+        model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}),
         build_word_tokenizer(["two red circles."]))
     processor.save_pretrained(folder)
     expected_batch = processor(images=[Image.new("RGB", (20, 20), (200, 30, 30))], text=["two red circles."],

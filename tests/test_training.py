@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from tiny import set_gates, tiny_config, tiny_model
-from transformers import SiglipImageProcessor, TrainerCallback, TrainingArguments
+from transformers import SiglipImageProcessorPil, TrainerCallback, TrainingArguments
 
 from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveProcessor
 from hive_hf.backbones import build_word_tokenizer
@@ -31,7 +31,7 @@ def setup(shapes, fusion="joint", **config_kwargs):
     model = tiny_model(fusion=fusion, **config_kwargs)
     set_gates(model, 0.5)
     processor = HiveProcessor.for_model_config(
-        model.config, SiglipImageProcessor(size={"height": 16, "width": 16}),
+        model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}),
         build_word_tokenizer(shapes["caption"]))
     return model, processor
 
