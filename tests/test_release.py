@@ -153,7 +153,8 @@ def load_in_fresh_process(hub, tmp_path, jobs, inputs):
     specs = [dict(zip(("name", "kind", "repo", "revision", "remote", "inputs"), job)) for job in jobs]
     proc = subprocess.run(
         [sys.executable, "-c", LOADER, json.dumps(specs), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt"), CAPTION],
-        env=hub.env(hf_home=tmp_path / "fresh_hf_home"), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**hub.env(hf_home=tmp_path / "fresh_hf_home"), "OMP_NUM_THREADS": "1"}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(tmp_path / "out.pt")

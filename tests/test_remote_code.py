@@ -76,7 +76,7 @@ def test_remote_code_loads_with_equal_outputs(fusion, tmp_path):
     torch.save(inputs, tmp_path / "inputs.pt")
     (tmp_path / "load.py").write_text(LOADER)
 
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(tmp_path / "load.py"), str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
