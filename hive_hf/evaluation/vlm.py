@@ -25,9 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import (
     AddedToken,
-    AutoConfig,
     AutoImageProcessor,
-    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlavaConfig,
@@ -37,10 +35,9 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from ..configuration_hive import HiveConfig
 from ..data.captions import decode_image
 from ..metrics import load_metric
-from ..modeling_hive import HiveVisionEncoderModel
+from ..modeling_hive import load_vision_tower
 from ..training import apply_lora, merge_lora, model_component
 from ..training.collator import SKIPPED_KEY
 from .vqa_data import DEFAULT_PROMPT_TEMPLATE, TASK_METRICS, build_prompt, training_answer
@@ -91,18 +88,6 @@ TASK_TITLES: dict[str, str] = {"mme": "MME", "gqa": "GQA", "vqa": "OK-VQA", "sci
 
 
 # -- building the model -----------------------------------------------------------------------------------------------
-def load_vision_tower(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
-    """The stock transformers vision model behind `name_or_path`: a HIVE checkpoint (full or encoder-only) through
-    `HiveVisionEncoderModel.to_base_model()`, the vision half of a two-tower checkpoint (SigLIP, CLIP), or a vision
-    model as is. `kwargs` go to `from_pretrained` (e.g. `revision`)."""
-    config = AutoConfig.from_pretrained(name_or_path, **kwargs)
-    if isinstance(config, HiveConfig):
-        return HiveVisionEncoderModel.from_pretrained(name_or_path, **kwargs).to_base_model()
-    vision_config = getattr(config, "vision_config", config)
-    vision_cls = AutoModel._model_mapping[type(vision_config)]
-    return vision_cls.from_pretrained(name_or_path, **kwargs)
-
-
 def _extra_tokens(vision: PreTrainedModel) -> tuple[int, int]:
     """(patch tokens, extra tokens such as a class token) the tower outputs for one image of its configured size;
     measured rather than looked up by architecture name."""
@@ -210,9 +195,9 @@ def build_llava(
     vision_kwargs: dict[str, Any] | None = None,
     text_kwargs: dict[str, Any] | None = None,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """:func:`compose_llava` from checkpoints: a vision encoder (see :func:`load_vision_tower`) and a causal LM with
-    its tokenizer (local folders or Hub ids). The image processor comes from the vision checkpoint unless
-    `image_processor_name_or_path` is given."""
+    """:func:`compose_llava` from checkpoints: a vision encoder (see `hive_hf.modeling_hive.load_vision_tower`) and a
+    causal LM with its tokenizer (local folders or Hub ids). The image processor comes from the vision checkpoint
+    unless `image_processor_name_or_path` is given."""
     vision_kwargs, text_kwargs = dict(vision_kwargs or {}), dict(text_kwargs or {})
     vision = load_vision_tower(vision_name_or_path, **vision_kwargs)
     image_processor = AutoImageProcessor.from_pretrained(image_processor_name_or_path or vision_name_or_path)
