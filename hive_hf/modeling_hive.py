@@ -695,8 +695,11 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if self.config.fusion == "concat":
             return self._forward_concat(
-                input_ids, pixel_values, attention_mask, position_ids, past_key_values, inputs_embeds, labels,
-                use_cache, output_attentions, output_hidden_states, logits_to_keep, num_items_in_batch, **kwargs,
+                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                labels=labels, use_cache=use_cache, output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep,
+                num_items_in_batch=num_items_in_batch, **kwargs,
             )
 
         if pixel_values is not None:
@@ -733,8 +736,20 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
 
     def _forward_concat(
         self,
-        input_ids, pixel_values, attention_mask, position_ids, past_key_values, inputs_embeds, labels,
-        use_cache, output_attentions, output_hidden_states, logits_to_keep, num_items_in_batch, **kwargs,
+        *,
+        input_ids: torch.LongTensor | None,
+        pixel_values: torch.FloatTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        past_key_values: Cache | None,
+        inputs_embeds: torch.FloatTensor | None,
+        labels: torch.LongTensor | None,
+        use_cache: bool | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        logits_to_keep: int | torch.Tensor,
+        num_items_in_batch: torch.Tensor | None,
+        **kwargs: Any,
     ) -> HiveCausalLMOutputWithPast:
         """SA baseline: vision tokens at the image placeholder positions, or prepended when there are none."""
         image_token_id = self.config.resolved_image_token_id
