@@ -60,9 +60,9 @@ def main() -> None:
 
     import torch
 
-    from hive_hf.backbones import write_tiny_backbones
     from hive_hf.data import make_shapes_dataset
     from hive_hf.evaluation import format_table, load_probe_datasets, run_probe
+    from hive_hf.tiny_backbones import write_tiny_backbones
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     # 1. one pair of pretrained backbones for both runs, as run_pretrain's --tiny_backbones would write them

@@ -41,10 +41,10 @@ from transformers.utils import logging
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor
 from hive_hf.analysis import plot_loss_curves
-from hive_hf.backbones import write_tiny_backbones
 from hive_hf.configuration_hive import FUSION_MODES
 from hive_hf.data import decode_image, load_caption_dataset
 from hive_hf.release import HiveHubCallback
+from hive_hf.tiny_backbones import write_tiny_backbones
 from hive_hf.training import (
     STAGE_DEFAULTS,
     HiveCaptionCollator,

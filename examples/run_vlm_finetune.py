@@ -46,7 +46,6 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from hive_hf.backbones import write_tiny_backbones
 from hive_hf.evaluation.vlm import (
     IMAGE_TOKEN,
     VLM_STAGE_DEFAULTS,
@@ -66,6 +65,7 @@ from hive_hf.evaluation.vqa_data import (
     load_vqa_benchmark,
     training_texts,
 )
+from hive_hf.tiny_backbones import write_tiny_backbones
 from hive_hf.training import HiveTrainer, last_complete_checkpoint
 from hive_hf.training.arguments import parse_json_or_flags, stage_training_args
 

@@ -22,7 +22,6 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor
-from hive_hf.backbones import build_word_tokenizer, write_tiny_backbones
 from hive_hf.evaluation import (
     ProbeAugmentation,
     ProbeSettings,
@@ -34,6 +33,7 @@ from hive_hf.evaluation import (
     summarize_seeds,
 )
 from hive_hf.evaluation import probe as probe_module
+from hive_hf.tiny_backbones import build_word_tokenizer, write_tiny_backbones
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_probe.py"

@@ -8,7 +8,7 @@ from transformers import AutoProcessor
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from hive_hf import HiveProcessor
-from hive_hf.backbones import build_word_tokenizer
+from hive_hf.tiny_backbones import build_word_tokenizer
 
 CAPTIONS = ["two red circles in the top left.", "one blue square in the center of the picture right now."]
 

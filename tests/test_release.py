@@ -26,7 +26,6 @@ from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Train
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor, HiveVisionEncoderModel
-from hive_hf.backbones import build_word_tokenizer, write_tiny_backbones
 from hive_hf.data import make_shapes_dataset
 from hive_hf.modeling_hive import STAGE_COMPONENTS, parameter_component
 from hive_hf.release import (
@@ -40,6 +39,7 @@ from hive_hf.release import (
     results_markdown,
     results_table,
 )
+from hive_hf.tiny_backbones import build_word_tokenizer, write_tiny_backbones
 from hive_hf.training import HiveCaptionCollator, HiveTrainer
 
 VISION_ID, TEXT_ID = "hive-test/tiny-siglip", "hive-test/tiny-llama"  # the backbones, as if taken from the Hub

@@ -10,9 +10,9 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveProcessor
-from hive_hf.backbones import build_word_tokenizer
 from hive_hf.data import make_shapes_dataset
 from hive_hf.modeling_hive import parameter_component
+from hive_hf.tiny_backbones import build_word_tokenizer
 from hive_hf.training import (
     HiveCaptionCollator,
     HiveStageCallback,

@@ -28,7 +28,6 @@ from transformers import (
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 import hive_hf  # noqa: F401  (registers the HIVE auto classes)
-from hive_hf.backbones import write_tiny_backbones
 from hive_hf.data import make_shapes_dataset
 from hive_hf.evaluation.vlm import (
     VQACollator,
@@ -55,6 +54,7 @@ from hive_hf.evaluation.vqa_data import (
     training_answer,
     training_texts,
 )
+from hive_hf.tiny_backbones import write_tiny_backbones
 from hive_hf.training import HiveStageCallback, HiveTrainer, build_param_groups, model_component
 
 ROOT = Path(__file__).resolve().parents[1]
