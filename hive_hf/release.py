@@ -42,6 +42,7 @@ from typing import Any
 import jinja2
 import torch
 import transformers
+from accelerate.utils import extract_model_from_parallel
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError
 from huggingface_hub.hf_api import RepoFile
@@ -766,12 +767,6 @@ def release_run(
 # ---------------------------------------------------------------------------------------------------------------------
 # Trainer pushes
 # ---------------------------------------------------------------------------------------------------------------------
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and not hasattr(model, "config"):  # DDP / DeepSpeed wrappers
-        model = model.module
-    return model
-
-
 def _write_if_changed(path: Path, data: bytes) -> None:
     # Atomic (a Trainer upload may be reading the folder) and a no-op when nothing changed. The temporary name
     # starts with "_", which the Trainer's uploads ignore.
@@ -827,7 +822,7 @@ class HiveHubCallback(TrainerCallback):
 
     def render_card(self, args: Any, state: Any, model: torch.nn.Module, repo_id: str | None = None) -> ModelCard:
         """HIVE's card for what the Trainer is pushing: the current stage from `state`, earlier ones from the run."""
-        model = _unwrap(model)
+        model = extract_model_from_parallel(model)
         config = model.config
         stage = config.training_stage
         output_dir = Path(args.output_dir)
@@ -864,7 +859,7 @@ class HiveHubCallback(TrainerCallback):
             return
         folder = Path(args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        write_model_code(_unwrap(model), folder)
+        write_model_code(extract_model_from_parallel(model), folder)
         card = self.render_card(args, state, model)
         _write_if_changed(folder / "README.md", str(card).encode())
 

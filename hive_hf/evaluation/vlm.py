@@ -39,7 +39,7 @@ from ..data.captions import decode_image
 from ..metrics import load_metric
 from ..modeling_hive import load_vision_tower
 from ..training import apply_lora, merge_lora, model_component
-from ..training.collator import SKIPPED_KEY
+from ..training.collator import SkippingCollator
 from .vqa_data import DEFAULT_PROMPT_TEMPLATE, TASK_METRICS, build_prompt, training_answer
 
 logger = logging.get_logger(__name__)
@@ -238,19 +238,18 @@ def merge_vlm_lora(model: LlavaForConditionalGeneration) -> None:
 
 
 # -- batches ----------------------------------------------------------------------------------------------------------
-class VQACollator:
+class VQACollator(SkippingCollator):
     """Training batches from VQA records: `<prompt> <answer><eos>` with labels on the answer and EOS only (prompt
-    and image tokens -100). Rows whose image is unreadable are dropped and counted under `num_skipped_images`, which
-    `HiveTrainer` sums; a batch with none left repeats the last good row.
+    and image tokens -100). Rows whose image is unreadable are skipped and counted (see `SkippingCollator`).
 
     The answer's tokens are taken in context (the tokens of `prompt + " " + answer` after those of `prompt`), so they
     are the ones a model continuing the prompt would produce.
     """
 
     def __init__(self, processor: LlavaProcessor, template: str = DEFAULT_PROMPT_TEMPLATE):
+        super().__init__()
         self.processor = processor
         self.template = template
-        self._last_good: dict[str, Any] | None = None
         self._warned = False
 
     def _answer_ids(self, prompt: str, answer: str) -> list[int]:
@@ -264,36 +263,26 @@ class VQACollator:
             self._warned = True
         return tokenizer(f" {answer}", add_special_tokens=False).input_ids
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        good = []
-        for row in rows:
-            image = decode_image(row["image"])
-            if image is not None:
-                good.append((row, image))
-        skipped = len(rows) - len(good)
-        if not good:
-            if self._last_good is None:
-                raise ValueError(f"None of the {len(rows)} rows of the first batch has a readable image.")
-            logger.warning("A batch had no readable image; repeating the last good row in its place.")
-            good = [self._last_good["pair"]]
-        self._last_good = {"pair": good[-1]}
-        prompts = [build_prompt(row, self.template) for row, _ in good]
-        encoded = self.processor(images=[image for _, image in good], text=prompts)
+    def usable(self, row: dict[str, Any]) -> tuple[dict[str, Any], PIL.Image.Image] | None:
+        image = decode_image(row["image"])
+        return None if image is None else (row, image)
+
+    def collate(self, items: list[tuple[dict[str, Any], PIL.Image.Image]]) -> dict[str, torch.Tensor]:
+        prompts = [build_prompt(row, self.template) for row, _ in items]
+        encoded = self.processor(images=[image for _, image in items], text=prompts)
         tokenizer = self.processor.tokenizer
         sequences, labels = [], []
-        for (row, _), prompt, prompt_ids in zip(good, prompts, encoded["input_ids"]):
+        for (row, _), prompt, prompt_ids in zip(items, prompts, encoded["input_ids"]):
             answer_ids = self._answer_ids(prompt, training_answer(row)) + [tokenizer.eos_token_id]
             sequences.append(list(prompt_ids) + answer_ids)
             labels.append([-100] * len(prompt_ids) + answer_ids)
         length = max(len(s) for s in sequences)
-        batch = {
+        return {
             "input_ids": torch.tensor([s + [tokenizer.pad_token_id] * (length - len(s)) for s in sequences]),
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (length - len(s)) for s in sequences]),
             "labels": torch.tensor([lab + [-100] * (length - len(lab)) for lab in labels]),
             "pixel_values": torch.stack([torch.as_tensor(np.asarray(p)) for p in encoded["pixel_values"]]),
-            SKIPPED_KEY: torch.tensor(skipped),
         }
-        return batch
 
 
 # -- evaluation -------------------------------------------------------------------------------------------------------

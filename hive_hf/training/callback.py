@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
@@ -16,12 +17,6 @@ logger = logging.get_logger(__name__)
 # `stage_setter(model, stage)` makes exactly what `stage` trains trainable and returns
 # `{component: {"trainable": n, "total": n}}`, like `HiveForConditionalGeneration.set_training_stage`.
 StageSetter = Callable[[torch.nn.Module, int], dict[str, dict[str, int]]]
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and not hasattr(model, "set_training_stage"):  # DDP / DeepSpeed wrappers
-        model = model.module
-    return model
 
 
 def _fingerprint(param: torch.Tensor) -> tuple[float, float]:
@@ -71,10 +66,10 @@ class HiveStageCallback(TrainerCallback, ExportableState):
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is not None:
-            self._apply(_unwrap(model))
+            self._apply(extract_model_from_parallel(model))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        model = _unwrap(model)
+        model = extract_model_from_parallel(model)
         counts = self._apply(model)  # idempotent; re-applied in case something toggled flags
         summary = ", ".join(f"{c} {v['trainable']:,}/{v['total']:,}" for c, v in counts.items())
         logger.info(f"Stage {self.stage}: trainable parameters per component: {summary}")
@@ -82,12 +77,12 @@ class HiveStageCallback(TrainerCallback, ExportableState):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         # Judged against the stage as applied at train start, so a weight unfrozen since then is caught too.
-        for name, param in _unwrap(model).named_parameters():
+        for name, param in extract_model_from_parallel(model).named_parameters():
             if name in self._frozen and param.grad is not None:
                 raise RuntimeError(f"Stage {self.stage}: frozen parameter {name} received a gradient.")
 
     def _check_unchanged(self, model: torch.nn.Module) -> None:
-        params = dict(_unwrap(model).named_parameters())
+        params = dict(extract_model_from_parallel(model).named_parameters())
         for name, before in self._frozen.items():
             if name in params and _fingerprint(params[name]) != before:
                 raise RuntimeError(f"Stage {self.stage}: frozen parameter {name} changed during training.")
