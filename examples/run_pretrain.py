@@ -46,6 +46,7 @@ from hive_hf.data import decode_image, load_caption_dataset
 from hive_hf.release import HiveHubCallback
 from hive_hf.tiny_backbones import write_tiny_backbones
 from hive_hf.training import (
+    HIVE_STAGES,
     STAGE_DEFAULTS,
     HiveCaptionCollator,
     HiveTrainer,
@@ -167,8 +168,7 @@ class HivePretrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.stages or sorted(set(self.stages)) != list(self.stages) or not set(self.stages) <= {1, 2, 3}:
-            raise ValueError(f"--stages must be distinct stages from 1 2 3 in order, got {self.stages}.")
+        HIVE_STAGES.check_stages(self.stages)
         for name in ("stage_batch_sizes", "stage_epochs", "stage_learning_rates", "stage_max_grad_norms",
                      "stage_warmup_steps", "stage_max_steps"):
             if len(getattr(self, name)) != 3:

@@ -49,11 +49,13 @@ from transformers.utils import logging
 from hive_hf.evaluation.vlm import (
     IMAGE_TOKEN,
     VLM_STAGE_DEFAULTS,
+    VLM_STAGES,
     VQACollator,
     apply_vlm_lora,
     build_llava,
     format_results_table,
     generate_answers,
+    llava_parameter_component,
     merge_vlm_lora,
     question_prior_predictions,
     score_predictions,
@@ -216,8 +218,7 @@ class VLMTrainingArguments(TrainingArguments):
         super().__post_init__()
         if not self.do_train and not self.do_eval:
             raise ValueError("Nothing to do: pass --do_train (stages --stages) and/or --do_eval (--benchmark).")
-        if not self.stages or sorted(set(self.stages)) != list(self.stages) or not set(self.stages) <= set(STAGES):
-            raise ValueError(f"--stages must be distinct stages from 1 2 in order, got {self.stages}.")
+        VLM_STAGES.check_stages(self.stages)
         for name in ("stage_batch_sizes", "stage_epochs", "stage_learning_rates", "stage_max_steps"):
             if len(getattr(self, name)) != len(STAGES):
                 raise ValueError(f"--{name} takes one value per stage (1 2), got {getattr(self, name)}.")
@@ -305,7 +306,7 @@ def run_stage(stage: int, start_dir: Path, model_args: ModelArguments, data_args
     trainer = HiveTrainer(
         model=model, args=args.for_stage(stage, stage_dir), train_dataset=train,
         data_collator=VQACollator(processor, data_args.prompt_template), stage=stage,
-        stage_setter=set_vlm_training_stage, processing_class=processor,  # checkpoints carry the processor too
+        stage_setter=set_vlm_training_stage, component_rule=llava_parameter_component, processing_class=processor,  # checkpoints carry the processor too
     )
     last = last_complete_checkpoint(stage_dir)
     if last:

@@ -56,7 +56,8 @@ from transformers.utils import logging
 
 from . import __version__
 from .configuration_hive import HiveConfig
-from .modeling_hive import STAGE_COMPONENTS, HiveForConditionalGeneration, HiveVisionEncoderModel
+from .modeling_hive import HiveForConditionalGeneration, HiveVisionEncoderModel
+from .training import HIVE_STAGES
 
 logger = logging.get_logger("hive_hf.release")  # also under `python -m`, where __name__ is "__main__"
 
@@ -79,7 +80,6 @@ FUSION_DESCRIPTIONS = {
     "concat": "the self-attention (SA) baseline the paper compares HIVE against: one layer's projected tokens are "
               "concatenated into the LLM input, LLaVA-style",
 }
-_COMPONENT_LABELS = {"projector": "connector", "fusion": "connector", "llm": "LLM", "vision": "vision encoder"}
 # An encoder-only repo holds no LLM: its config maps only the classes it can build.
 _ENCODER_AUTO_CLASSES = ("AutoConfig", "AutoModel")
 # A stage commit replaces the weights: stale shards of an earlier release must not stay next to new weights.
@@ -122,11 +122,7 @@ class StageRecord:
 
     @property
     def trains(self) -> str:
-        if self.stage not in STAGE_COMPONENTS:
-            return "–"
-        order = list(_COMPONENT_LABELS)
-        components = sorted(STAGE_COMPONENTS[self.stage], key=order.index)
-        return " + ".join(dict.fromkeys(_COMPONENT_LABELS[c] for c in components))
+        return HIVE_STAGES.trains(self.stage) if self.stage in HIVE_STAGES.components else "–"
 
 
 def training_hyperparameters(args: Any) -> dict[str, Any]:
@@ -216,7 +212,7 @@ def finished_stages(run_dir: str | os.PathLike, warn: bool = True) -> dict[int, 
     """`{stage: folder}` for the `stage<k>` folders of a run_pretrain output that finished, in stage order."""
     run_dir = Path(run_dir)
     stages = {}
-    for stage in sorted(STAGE_COMPONENTS):
+    for stage in HIVE_STAGES.stages:
         folder = run_dir / f"stage{stage}"
         if not folder.is_dir():
             continue
@@ -479,7 +475,7 @@ def render_model_card(
             "text": _link(options.text_base_model, f"a local `{config.text_config.model_type}` checkpoint"),
         },
         "stages": _stage_rows(stages),
-        "stages_note": "" if released == sorted(STAGE_COMPONENTS) else
+        "stages_note": "" if released == list(HIVE_STAGES.stages) else
         f"This revision has been through stage(s) {', '.join(str(s) for s in released)}.",
         "optimization": _optimization(stages),
         "data_description": data_description,

@@ -36,6 +36,7 @@ from hive_hf.evaluation.vlm import (
     compose_llava,
     format_results_table,
     generate_answers,
+    llava_parameter_component,
     merge_vlm_lora,
     question_prior_predictions,
     score_predictions,
@@ -55,7 +56,7 @@ from hive_hf.evaluation.vqa_data import (
     training_texts,
 )
 from hive_hf.tiny_backbones import write_tiny_backbones
-from hive_hf.training import HiveStageCallback, HiveTrainer, build_param_groups, model_component
+from hive_hf.training import HiveStageCallback, HiveTrainer, build_param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def snapshot(model):
 
 def changed(before, model, component):
     after = dict(model.named_parameters())
-    return {n: not torch.equal(before[n], after[n]) for n in before if model_component(n) == component}
+    return {n: not torch.equal(before[n], after[n]) for n in before if llava_parameter_component(n) == component}
 
 
 def train_args(tmp_path, **kwargs):
@@ -112,7 +113,8 @@ def train_args(tmp_path, **kwargs):
 
 def vlm_trainer(model, processor, data, tmp_path, stage, **kwargs):
     return HiveTrainer(model=model, args=train_args(tmp_path, **kwargs), train_dataset=data,
-                       data_collator=VQACollator(processor), stage=stage, stage_setter=set_vlm_training_stage)
+                       data_collator=VQACollator(processor), stage=stage, stage_setter=set_vlm_training_stage,
+                       component_rule=llava_parameter_component)
 
 
 def png(color=(200, 30, 30), size=16) -> bytes:
@@ -204,16 +206,16 @@ def test_saved_model_loads_with_plain_transformers_and_equal_logits(built, eval_
 # -- stages -----------------------------------------------------------------------------------------------------------
 def test_stage_setter_and_parameter_components_for_llava(built):
     model, _ = fresh(built)
-    components = {model_component(n) for n, _ in model.named_parameters()}
+    components = {llava_parameter_component(n) for n, _ in model.named_parameters()}
     assert components == {"vision", "projector", "llm"}
-    assert model_component("lm_head.weight") == "llm"
-    assert model_component("model.multi_modal_projector.linear_1.weight") == "projector"
+    assert llava_parameter_component("lm_head.weight") == "llm"
+    assert llava_parameter_component("model.multi_modal_projector.linear_1.weight") == "projector"
     counts = set_vlm_training_stage(model, 1)
     assert counts["projector"]["trainable"] == counts["projector"]["total"] > 0
     assert counts["vision"]["trainable"] == counts["llm"]["trainable"] == 0
     counts = set_vlm_training_stage(model, 2)
     assert counts["llm"]["trainable"] == counts["llm"]["total"] and counts["vision"]["trainable"] == 0
-    groups = build_param_groups(model, 0.0, 1e-3, {"projector": 10.0})
+    groups = build_param_groups(model, 0.0, 1e-3, {"projector": 10.0}, llava_parameter_component)
     assert {g["component"] for g in groups} == {"projector", "llm"}
     assert all(g["lr"] == pytest.approx(1e-2 if g["component"] == "projector" else 1e-3) for g in groups)
     with pytest.raises(ValueError, match="stages 1 .* and 2"):
@@ -248,7 +250,7 @@ def test_stage_2_with_lora_trains_adapters_only_and_merges_back(built, train_dat
     before = snapshot(model)
     apply_vlm_lora(model, r=2, alpha=4, dropout=0.0)
     set_vlm_training_stage(model, 2)
-    trainable_llm = [n for n, p in model.named_parameters() if p.requires_grad and model_component(n) == "llm"]
+    trainable_llm = [n for n, p in model.named_parameters() if p.requires_grad and llava_parameter_component(n) == "llm"]
     assert trainable_llm and all("lora_" in n for n in trainable_llm)
     vlm_trainer(model, processor, train_data, tmp_path, stage=2).train()
     merge_vlm_lora(model)

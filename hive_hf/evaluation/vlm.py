@@ -14,6 +14,7 @@ on data in the layout of :mod:`hive_hf.evaluation.vqa_data`.
 from __future__ import annotations
 
 import copy
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from transformers.utils import logging
 from ..data.captions import decode_image
 from ..metrics import load_metric
 from ..modeling_hive import load_vision_tower
-from ..training import apply_lora, merge_lora, model_component
+from ..training import TrainingStages, apply_lora, merge_lora
 from ..training.collator import SkippingCollator
 from .vqa_data import DEFAULT_PROMPT_TEMPLATE, TASK_METRICS, build_prompt, training_answer
 
@@ -47,6 +48,7 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "IMAGE_TOKEN",
     "TASK_TITLES",
+    "VLM_STAGES",
     "VLM_STAGE_COMPONENTS",
     "VLM_STAGE_DEFAULTS",
     "VLMStageHyperparameters",
@@ -56,6 +58,7 @@ __all__ = [
     "compose_llava",
     "format_results_table",
     "generate_answers",
+    "llava_parameter_component",
     "load_vision_tower",
     "merge_vlm_lora",
     "question_prior_predictions",
@@ -208,23 +211,42 @@ def build_llava(
 
 
 # -- training stages --------------------------------------------------------------------------------------------------
+# `LlavaForConditionalGeneration` names: `model.vision_tower.*`, `model.multi_modal_projector.*`,
+# `model.language_model.*` (peft's LoRA wrappers included), `lm_head.*`.
+_LLAVA_VISION = re.compile(r"(^|\.)vision_tower\.")
+_LLAVA_PROJECTOR = re.compile(r"(^|\.)multi_modal_projector\.")
+
+
+def llava_parameter_component(name: str) -> str:
+    """Which part of a LLaVA model a parameter belongs to: vision_tower -> vision, multi_modal_projector ->
+    projector, the rest (language_model, lm_head) -> llm. The component rule of `VLM_STAGES`."""
+    if _LLAVA_VISION.search(name):
+        return "vision"
+    if _LLAVA_PROJECTOR.search(name):
+        return "projector"
+    return "llm"
+
+
 def set_vlm_training_stage(model: LlavaForConditionalGeneration, stage: int) -> dict[str, dict[str, int]]:
     """Make exactly what VLM `stage` trains trainable: 1 the projector, 2 + the LLM (only its LoRA adapters when it
     carries some); the vision encoder never. A stage setter for `HiveStageCallback` / `HiveTrainer(stage_setter=)`.
     Returns `{component: {"trainable": n, "total": n}}` for vision, projector and llm."""
-    if stage not in VLM_STAGE_COMPONENTS:
-        raise ValueError(f"VLM fine-tuning has stages 1 (connector) and 2 (+ LLM); the encoder stays frozen. Got "
-                         f"{stage!r}.")
+    VLM_STAGES.check_stage(stage)
     components = VLM_STAGE_COMPONENTS[stage]
     has_lora = any("lora_" in name for name, _ in model.named_parameters())
     counts = {c: {"trainable": 0, "total": 0} for c in ("vision", "projector", "llm")}
     for name, param in model.named_parameters():
-        component = model_component(name)
+        component = llava_parameter_component(name)
         trainable = component in components and (component != "llm" or not has_lora or "lora_" in name)
         param.requires_grad_(trainable)
         counts[component]["total"] += param.numel()
         counts[component]["trainable"] += param.numel() if trainable else 0
     return counts
+
+
+# LLaVA's two stages, the encoder frozen in both (the paper's Sec. 4).
+VLM_STAGES = TrainingStages("VLM fine-tuning (the encoder stays frozen)", VLM_STAGE_COMPONENTS,
+                            llava_parameter_component, stage_setter=set_vlm_training_stage)
 
 
 def apply_vlm_lora(model: LlavaForConditionalGeneration, r: int = 16, alpha: int = 32, dropout: float = 0.05) -> None:

@@ -40,6 +40,7 @@ class HiveStageCallback(TrainerCallback, ExportableState):
     The stage is applied by `model.set_training_stage(stage)` (HIVE models), or by `stage_setter(model, stage)` for a
     model without that method (e.g. `hive_hf.evaluation.vlm.set_vlm_training_stage` for a LLaVA model); a setter is
     a module-level function, saved by import path so that restoring the callback from a checkpoint finds it again.
+    Either one rejects a stage that does not exist, when the Trainer is built.
 
     The stage is saved in every checkpoint's `trainer_state.json` (stateful callback); HIVE models also record it in
     their config. Frozen values are compared by float64 sums at every epoch end and at train end; the check is cheap
@@ -47,8 +48,6 @@ class HiveStageCallback(TrainerCallback, ExportableState):
     """
 
     def __init__(self, stage: int, stage_setter: StageSetter | str | None = None):
-        if stage not in (1, 2, 3):
-            raise ValueError(f"`stage` must be 1, 2 or 3, got {stage!r}.")
         self.stage = stage
         self.stage_setter = _resolve_setter(stage_setter) if isinstance(stage_setter, str) else stage_setter
         self._frozen: dict[str, tuple[float, float]] = {}
