@@ -28,22 +28,13 @@ Run the same command again after a crash: finished stages are skipped, the inter
 from __future__ import annotations
 
 import json
-import logging as pylogging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
-import transformers
 from datasets import Dataset
-from transformers import (
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    HfArgumentParser,
-    LlavaForConditionalGeneration,
-    Trainer,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, Trainer, set_seed
 from transformers.utils import logging
 
 from hive_hf.evaluation.vlm import (
@@ -55,11 +46,9 @@ from hive_hf.evaluation.vlm import (
     build_llava,
     format_results_table,
     generate_answers,
-    llava_parameter_component,
     merge_vlm_lora,
     question_prior_predictions,
     score_predictions,
-    set_vlm_training_stage,
 )
 from hive_hf.evaluation.vqa_data import (
     BENCHMARKS,
@@ -68,16 +57,10 @@ from hive_hf.evaluation.vqa_data import (
     training_texts,
 )
 from hive_hf.tiny_backbones import write_tiny_backbones
-from hive_hf.training import HiveTrainer, last_complete_checkpoint
-from hive_hf.training.arguments import parse_json_or_flags, stage_training_args
+from hive_hf.training.arguments import StagedTrainingArguments, parse_json_or_flags, setup_logging
+from hive_hf.training.staged_run import VLM_STAGE_MARKER, RunLayout, StagedRun
 
 logger = logging.get_logger("hive_hf.run_vlm_finetune")
-STAGE_MARKER = "vlm_stage.json"
-STAGES = (1, 2)
-
-
-def _stage_default(attr: str) -> list:
-    return [getattr(VLM_STAGE_DEFAULTS[s], attr) for s in STAGES]
 
 
 @dataclass
@@ -194,46 +177,18 @@ class DataArguments:
 
 
 @dataclass
-class VLMTrainingArguments(TrainingArguments):
-    stages: list[int] = field(default_factory=lambda: list(STAGES), metadata={"help": "Stages to run: 1, 2 or both."})
-    stage_batch_sizes: list[int] = field(
-        default_factory=lambda: _stage_default("batch_size"),
-        metadata={"help": "Global batch per stage (1 2); gradient accumulation makes up the difference."},
-    )
-    stage_epochs: list[float] = field(default_factory=lambda: _stage_default("epochs"), metadata={"help": "Epochs."})
-    stage_learning_rates: list[float] = field(
-        default_factory=lambda: _stage_default("learning_rate"), metadata={"help": "Peak learning rate per stage."}
-    )
-    stage_max_steps: list[int] = field(
-        default_factory=lambda: [-1, -1], metadata={"help": "Steps per stage; -1 runs the epochs instead."}
-    )
-    lora_r: int = field(default=0, metadata={"help": "Stage 2: LoRA rank for the LLM (0 trains it in full)."})
-    lora_alpha: int = field(default=32, metadata={"help": "Stage 2 LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Stage 2 LoRA dropout."})
+class VLMTrainingArguments(StagedTrainingArguments):
+    """LLaVA's two stages (`VLM_STAGE_DEFAULTS`) with its warmup ratio."""
+
+    STAGES = VLM_STAGES
+    STAGE_DEFAULTS = VLM_STAGE_DEFAULTS
+
     warmup_steps: float = field(default=0.03, metadata={"help": "Warmup steps, or a ratio below 1 (LLaVA: 0.03)."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "LLaVA decays with a cosine."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs the raw columns."})
 
     def __post_init__(self):
         super().__post_init__()
         if not self.do_train and not self.do_eval:
             raise ValueError("Nothing to do: pass --do_train (stages --stages) and/or --do_eval (--benchmark).")
-        VLM_STAGES.check_stages(self.stages)
-        for name in ("stage_batch_sizes", "stage_epochs", "stage_learning_rates", "stage_max_steps"):
-            if len(getattr(self, name)) != len(STAGES):
-                raise ValueError(f"--{name} takes one value per stage (1 2), got {getattr(self, name)}.")
-        if any(b < 1 for b in self.stage_batch_sizes):
-            raise ValueError(f"--stage_batch_sizes must be positive, got {self.stage_batch_sizes}.")
-        if self.lora_r and 2 not in self.stages:
-            raise ValueError(f"--lora_r {self.lora_r} applies to stage 2, which --stages {self.stages} does not run.")
-
-    def for_stage(self, stage: int, output_dir: Path) -> TrainingArguments:
-        """Plain `TrainingArguments` for one stage: its hyperparameters, its folder, its run name."""
-        i = stage - 1
-        return stage_training_args(
-            self, stage, output_dir, self.stage_batch_sizes[i], learning_rate=self.stage_learning_rates[i],
-            num_train_epochs=self.stage_epochs[i], max_steps=self.stage_max_steps[i],
-        )
 
 
 def parse_args() -> tuple[ModelArguments, DataArguments, VLMTrainingArguments]:
@@ -263,69 +218,29 @@ def load_data(data_args: DataArguments, args: VLMTrainingArguments) -> tuple[Dat
 
 
 def build_start(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments,
-                train: Dataset | None, out: Path) -> Path:
+                train: Dataset | None, layout: RunLayout) -> Path:
     """The composed LLaVA model before stage 1, saved once to `<output_dir>/init` so a restart starts identically."""
     if model_args.model_name_or_path:
         return Path(model_args.model_name_or_path)
-    init_dir = out / "init"
-    if (init_dir / "config.json").exists() and (init_dir / "processor_config.json").exists():
-        return init_dir
-    text_path = model_args.text_model_name_or_path
-    if model_args.tiny_text_backbone:
-        if train is None:
-            raise ValueError("--tiny_text_backbone builds its vocabulary from the training data; pass --do_train.")
-        _, text_path = write_tiny_backbones(
-            out / "backbones", training_texts(train, data_args.prompt_template),
-            hidden_size=model_args.tiny_text_hidden_size, num_layers=model_args.tiny_text_layers, seed=args.seed,
-            text_pretrain_steps=model_args.tiny_text_pretrain_steps,
+
+    def build():
+        text_path = model_args.text_model_name_or_path
+        if model_args.tiny_text_backbone:
+            if train is None:
+                raise ValueError("--tiny_text_backbone builds its vocabulary from the training data; pass --do_train.")
+            _, text_path = write_tiny_backbones(
+                layout.backbones_dir, training_texts(train, data_args.prompt_template),
+                hidden_size=model_args.tiny_text_hidden_size, num_layers=model_args.tiny_text_layers, seed=args.seed,
+                text_pretrain_steps=model_args.tiny_text_pretrain_steps,
+            )
+        set_seed(args.seed)  # the projector's initialisation
+        return build_llava(
+            model_args.vision_model_name_or_path, text_path,
+            image_processor_name_or_path=model_args.image_processor_name_or_path,
+            vision_feature_select_strategy=model_args.vision_feature_select_strategy,
         )
-    set_seed(args.seed)  # the projector's initialisation
-    model, processor = build_llava(
-        model_args.vision_model_name_or_path, text_path,
-        image_processor_name_or_path=model_args.image_processor_name_or_path,
-        vision_feature_select_strategy=model_args.vision_feature_select_strategy,
-    )
-    model.save_pretrained(init_dir)
-    processor.save_pretrained(init_dir)
-    return init_dir
 
-
-def run_stage(stage: int, start_dir: Path, model_args: ModelArguments, data_args: DataArguments,
-              args: VLMTrainingArguments, train: Dataset, out: Path) -> dict:
-    stage_dir = out / f"stage{stage}"
-    marker = stage_dir / STAGE_MARKER
-    if marker.exists():
-        logger.warning(f"stage {stage} already finished ({marker}); skipping it")
-        return json.loads(marker.read_text())
-
-    model = LlavaForConditionalGeneration.from_pretrained(start_dir, attn_implementation=model_args.attn_implementation)
-    processor = AutoProcessor.from_pretrained(start_dir)
-    lora = stage == 2 and args.lora_r > 0
-    if lora:
-        apply_vlm_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
-    trainer = HiveTrainer(
-        model=model, args=args.for_stage(stage, stage_dir), train_dataset=train,
-        data_collator=VQACollator(processor, data_args.prompt_template), stage=stage,
-        stage_setter=set_vlm_training_stage, component_rule=llava_parameter_component, processing_class=processor,  # checkpoints carry the processor too
-    )
-    last = last_complete_checkpoint(stage_dir)
-    if last:
-        logger.warning(f"stage {stage}: resuming from {last}")
-    result = trainer.train(resume_from_checkpoint=last)
-    if lora:
-        merge_vlm_lora(trainer.model)
-    trainer.save_model(str(stage_dir))
-    metrics = dict(result.metrics)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [metrics["train_loss"]]
-    metrics.update(stage=stage, first_loss=losses[0], last_loss=losses[-1],
-                   skipped_images=trainer.total_skipped_images())
-    trainer.log_metrics(f"stage{stage}", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        marker.write_text(json.dumps(metrics, indent=2))
-    trainer.accelerator.wait_for_everyone()
-    return json.loads(marker.read_text())
+    return layout.write_init(build)
 
 
 def _flatten(results: dict[str, dict], prefix: str = "") -> dict[str, float]:
@@ -368,32 +283,32 @@ def run_evaluation(model_dir: Path, data_args: DataArguments, args: VLMTrainingA
 def main() -> None:
     model_args, data_args, args = parse_args()
     set_seed(args.seed)
-    pylogging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    pylogging.getLogger("hive_hf").setLevel(pylogging.INFO if args.should_log else pylogging.WARNING)
-    transformers.utils.logging.set_verbosity_warning()
+    setup_logging(args.should_log)
 
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    layout = RunLayout(args.output_dir, marker=VLM_STAGE_MARKER)
+    layout.root.mkdir(parents=True, exist_ok=True)
     train, evaluation = load_data(data_args, args)
     with args.main_process_first(desc="building the starting model"):
-        start = build_start(model_args, data_args, args, train, out)
+        start = build_start(model_args, data_args, args, train, layout)
 
     summaries = {}
     if args.do_train:
-        for stage in args.stages:
-            summaries[stage] = run_stage(stage, start, model_args, data_args, args, train, out)
-            start = out / f"stage{stage}"
+        run = StagedRun(
+            layout, args, VLM_STAGES, make_collator=partial(VQACollator, template=data_args.prompt_template),
+            model_kwargs={"attn_implementation": model_args.attn_implementation},
+            apply_lora=apply_vlm_lora, merge_lora=merge_vlm_lora,
+        )
+        summaries = run.run(start, train)
+        start = layout.stage_dir(args.stages[-1])
 
     if args.process_index == 0:
         if summaries:
             print("\nLLaVA fine-tuning finished")
-        for stage, m in summaries.items():
-            print(f"  stage {stage}: loss {m['first_loss']:.3f} -> {m['last_loss']:.3f} in {m['train_runtime']:.1f}s "
-                  f"({m['skipped_images']} images skipped), checkpoint {out / f'stage{stage}'}")
+            print("\n".join(run.summary(summaries)))
         if args.do_eval:
-            table = run_evaluation(start, data_args, args, train, evaluation, out)
+            table = run_evaluation(start, data_args, args, train, evaluation, layout.root)
             print(f"\n{data_args.benchmark} ({len(evaluation)} questions), model {start}:\n{table}")
-            print(f"  predictions: {out / 'predictions.jsonl'}, scores: {out / 'eval_results.json'}")
+            print(f"  predictions: {layout.root / 'predictions.jsonl'}, scores: {layout.root / 'eval_results.json'}")
 
 
 if __name__ == "__main__":

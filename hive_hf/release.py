@@ -58,6 +58,7 @@ from . import __version__
 from .configuration_hive import HiveConfig
 from .modeling_hive import HiveForConditionalGeneration, HiveVisionEncoderModel
 from .training import HIVE_STAGES
+from .training.staged_run import HIVE_STAGE_MARKER, RunLayout
 
 logger = logging.get_logger("hive_hf.release")  # also under `python -m`, where __name__ is "__main__"
 
@@ -70,7 +71,6 @@ REPO_LABELS = {
     "encoder": "vision encoder (`HiveVisionEncoderModel`, remote code)",
     "stock": "vision encoder in stock transformers format (no remote code)",
 }
-STAGE_MARKER = "hive_stage.json"  # run_pretrain writes it when a stage has finished
 RESULT_FILES = ("results.json", "probe_results.json", "eval_results.json")
 FUSION_DESCRIPTIONS = {
     "joint": "at each paired LLM layer, the projected features of one tapped encoder layer become extra keys/values "
@@ -85,7 +85,6 @@ _ENCODER_AUTO_CLASSES = ("AutoConfig", "AutoModel")
 # A stage commit replaces the weights: stale shards of an earlier release must not stay next to new weights.
 _WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin"]
 _FULL_EXTRAS = ("all_results.json", "trainer_state.json")  # the stage's Trainer records, next to the full model
-_RUN_LOSS_CURVES = "loss_curves.png"  # run_pretrain's plot of all stages
 # `training_args.bin` is a pickle: only classes from these packages may be rebuilt from it.
 _TRUSTED_PICKLE_PACKAGES = ("transformers", "accelerate")
 _PROVENANCE_KEYS = ("arguments", "args", "argv")  # in results files: how the evaluation ran, with local paths
@@ -171,7 +170,7 @@ def stage_record_from_folder(folder: str | os.PathLike, stage: int | None = None
     """A stage's record from the folder run_pretrain wrote (`hive_stage.json`, `trainer_state.json`,
     `training_args.bin`); `stage` defaults to the one recorded there."""
     folder = Path(folder)
-    marker = _read_json(folder / STAGE_MARKER)
+    marker = _read_json(folder / HIVE_STAGE_MARKER)
     state = _read_json(folder / "trainer_state.json")
     config = _read_json(folder / "config.json")
     history = marker.get("log_history") or state.get("log_history") or []
@@ -210,17 +209,7 @@ def stage_record_from_trainer(stage: int | None, args: Any, state: Any) -> Stage
 
 def finished_stages(run_dir: str | os.PathLike, warn: bool = True) -> dict[int, Path]:
     """`{stage: folder}` for the `stage<k>` folders of a run_pretrain output that finished, in stage order."""
-    run_dir = Path(run_dir)
-    stages = {}
-    for stage in HIVE_STAGES.stages:
-        folder = run_dir / f"stage{stage}"
-        if not folder.is_dir():
-            continue
-        if (folder / STAGE_MARKER).is_file() and (folder / "config.json").is_file():
-            stages[stage] = folder
-        elif warn:
-            logger.warning(f"{folder} has no {STAGE_MARKER}: stage {stage} did not finish and is not released.")
-    return stages
+    return RunLayout(run_dir).finished_stages(HIVE_STAGES.stages, warn=warn)
 
 
 def find_results(run_dir: str | os.PathLike, extra_files: Sequence[str | os.PathLike] = ()) -> list[tuple[str, str]]:
@@ -692,7 +681,7 @@ def release_run(
     run_dir = Path(run_dir)
     stages = finished_stages(run_dir)
     if not stages:
-        raise ReleaseError(f"{run_dir} holds no finished stage (a stage<k> folder with {STAGE_MARKER}); is it a "
+        raise ReleaseError(f"{run_dir} holds no finished stage (a stage<k> folder with {HIVE_STAGE_MARKER}); is it a "
                            "run_pretrain --output_dir?")
     api = None
     namespace = None
@@ -745,7 +734,7 @@ def release_run(
                 folder.mkdir(parents=True)
             progress.set_postfix_str(f"writing {tag}")
             write_stage_folders(stage_dir, folders, records, options, final=stage == max(stages),
-                                loss_curve=run_dir / _RUN_LOSS_CURVES)
+                                loss_curve=RunLayout(run_dir).loss_curves)
             for kind, folder in folders.items():
                 commit = ReleaseCommit(kind, repos[kind], stage, tag, folder)
                 if api is not None:
