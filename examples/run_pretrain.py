@@ -34,10 +34,10 @@ from transformers.utils import logging
 from hive_hf import HiveForConditionalGeneration, HiveProcessor
 from hive_hf.configuration_hive import FUSION_MODES
 from hive_hf.data import decode_image, load_caption_dataset
-from hive_hf.release import HiveHubCallback
 from hive_hf.tiny_backbones import write_tiny_backbones
 from hive_hf.training import HIVE_STAGES, STAGE_DEFAULTS, HiveCaptionCollator
 from hive_hf.training.arguments import StagedTrainingArguments, parse_json_or_flags, setup_logging
+from hive_hf.training.hub import HiveHubCallback
 from hive_hf.training.staged_run import RunLayout, StagedRun
 
 logger = logging.get_logger("hive_hf.run_pretrain")
