@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer, HfArgumentParser, set_seed
 from transformers.utils import logging
 
-from hive_hf import HiveForConditionalGeneration, HiveProcessor
+from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveProcessor
 from hive_hf.configuration_hive import FUSION_MODES
-from hive_hf.data import decode_image, load_caption_dataset
-from hive_hf.tiny_backbones import write_tiny_backbones
+from hive_hf.data import check_source_exists, decode_image, load_caption_dataset
+from hive_hf.tiny_backbones import tiny_configs, write_tiny_backbones
 from hive_hf.training import HIVE_STAGES, STAGE_DEFAULTS, HiveCaptionCollator
-from hive_hf.training.arguments import StagedTrainingArguments, parse_json_or_flags, setup_logging
+from hive_hf.training.arguments import StagedTrainingArguments, parse_json_or_flags, setup_logging, user_errors
 from hive_hf.training.hub import HiveHubCallback
 from hive_hf.training.staged_run import RunLayout, StagedRun
 
@@ -114,6 +114,11 @@ class DataArguments:
     max_caption_length: int = field(default=77, metadata={"help": "Caption tokens kept (the paper's 77)."})
     prompt: str | None = field(default=None, metadata={"help": "Text before every caption, left out of the loss."})
 
+    def __post_init__(self):
+        for name in ("max_train_samples", "max_caption_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
+
 
 @dataclass
 class HivePretrainingArguments(StagedTrainingArguments):
@@ -160,6 +165,32 @@ def check_combinations(model_args: ModelArguments, data_args: DataArguments, arg
         raise ValueError("HIVE needs non-reentrant checkpointing (frozen inputs); drop use_reentrant=True.")
 
 
+def hive_config_kwargs(model_args: ModelArguments) -> dict:
+    """The `HiveConfig` fields the flags set; the wiring lists only when given (else the paper's rule)."""
+    wiring = {k: getattr(model_args, k) for k in ("vision_feature_layers", "cross_attention_layers")
+              if getattr(model_args, k) is not None}
+    return {"fusion": model_args.fusion, "connection_density": model_args.connection_density,
+            "separate_image_kv": model_args.separate_image_kv, **wiring}
+
+
+def check_wiring(model_args: ModelArguments) -> None:
+    """Build the run's `HiveConfig` from the backbones' configs alone, so that a wiring they cannot hold (a tapped
+    layer beyond the encoder's depth, more taps than LLM layers) fails before any weights are downloaded or tiny
+    backbones pre-trained."""
+    for name in ("model_name_or_path", "vision_model_name_or_path", "text_model_name_or_path"):
+        if getattr(model_args, name) is not None:
+            check_source_exists(getattr(model_args, name), what=f"--{name}")
+    if model_args.model_name_or_path:
+        HiveConfig.from_pretrained(model_args.model_name_or_path)
+        return
+    if model_args.tiny_backbones:
+        vision, text = tiny_configs()  # what write_tiny_backbones builds, its vocabulary aside
+    else:
+        vision = AutoConfig.from_pretrained(model_args.vision_model_name_or_path)
+        text = AutoConfig.from_pretrained(model_args.text_model_name_or_path)
+    HiveConfig(vision_config=vision, text_config=text, **hive_config_kwargs(model_args))
+
+
 def build_start(model_args: ModelArguments, data_args: DataArguments, args: HivePretrainingArguments, train_data,
                 layout: RunLayout) -> Path:
     """The stage-1 starting point, saved once to `<output_dir>/init` so that a restarted run starts identically."""
@@ -177,11 +208,8 @@ def build_start(model_args: ModelArguments, data_args: DataArguments, args: Hive
             )
         else:
             vision_path, text_path = model_args.vision_model_name_or_path, model_args.text_model_name_or_path
-        wiring = {k: getattr(model_args, k) for k in ("vision_feature_layers", "cross_attention_layers")
-                  if getattr(model_args, k) is not None}
         model = HiveForConditionalGeneration.from_vision_text_pretrained(
-            vision_path, text_path, fusion=model_args.fusion, connection_density=model_args.connection_density,
-            separate_image_kv=model_args.separate_image_kv, **wiring,
+            vision_path, text_path, **hive_config_kwargs(model_args)
         )
         processor = HiveProcessor.for_model_config(
             model.config, AutoImageProcessor.from_pretrained(vision_path), AutoTokenizer.from_pretrained(text_path),
@@ -200,17 +228,20 @@ def _take(dataset, n: int):
 
 
 def main() -> None:
-    model_args, data_args, args = parse_args()
-    check_combinations(model_args, data_args, args)
-    setup_logging(args.should_log)
-    set_seed(args.seed)
-
+    # A mistake in the flags, a config file, the backbones' wiring or the data is reported in one line (exit 2) before
+    # anything is downloaded or trained; later errors keep their traceback.
+    with user_errors():
+        model_args, data_args, args = parse_args()
+        check_combinations(model_args, data_args, args)
+        setup_logging(args.should_log)
+        set_seed(args.seed)
+        check_wiring(model_args)
+        train_data = load_caption_dataset(
+            data_args.dataset, image_column=data_args.image_column, caption_column=data_args.caption_column,
+            split=data_args.train_split, streaming=data_args.streaming, max_samples=data_args.max_train_samples,
+            seed=args.seed,
+        )
     layout = RunLayout(args.output_dir)
-    train_data = load_caption_dataset(
-        data_args.dataset, image_column=data_args.image_column, caption_column=data_args.caption_column,
-        split=data_args.train_split, streaming=data_args.streaming, max_samples=data_args.max_train_samples,
-        seed=args.seed,
-    )
     with args.main_process_first(desc="building the starting model"):
         start = build_start(model_args, data_args, args, train_data, layout)
         if args.process_index == 0:  # what was run, readable without unpickling training_args.bin (no tokens)

@@ -34,9 +34,17 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, Trainer, set_seed
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    HfArgumentParser,
+    Trainer,
+    set_seed,
+)
 from transformers.utils import logging
 
+from hive_hf.data import check_source_exists
 from hive_hf.evaluation.vlm import (
     IMAGE_TOKEN,
     VLM_STAGE_DEFAULTS,
@@ -57,7 +65,7 @@ from hive_hf.evaluation.vqa_data import (
     training_texts,
 )
 from hive_hf.tiny_backbones import write_tiny_backbones
-from hive_hf.training.arguments import StagedTrainingArguments, parse_json_or_flags, setup_logging
+from hive_hf.training.arguments import StagedTrainingArguments, parse_json_or_flags, setup_logging, user_errors
 from hive_hf.training.staged_run import VLM_STAGE_MARKER, RunLayout, StagedRun
 
 logger = logging.get_logger("hive_hf.run_vlm_finetune")
@@ -195,6 +203,27 @@ def parse_args() -> tuple[ModelArguments, DataArguments, VLMTrainingArguments]:
     return parse_json_or_flags(HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments)))
 
 
+def check_combinations(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments) -> None:
+    """Reject what cannot work before any data is read, LLM pre-trained or model built: flags that do not go together,
+    files that are not there, checkpoints without a config."""
+    if model_args.tiny_text_backbone and not args.do_train:
+        raise ValueError("--tiny_text_backbone builds its vocabulary from the training data; pass --do_train.")
+    for prefix, used in (("train_", args.do_train), ("", args.do_eval)):
+        benchmark = getattr(data_args, f"{prefix}benchmark")
+        for name in ("questions_file", "annotations_file", "image_dir"):
+            value = getattr(data_args, prefix + name)
+            if not used or benchmark == "shapes" or value is None:
+                continue
+            if benchmark == "records" and name == "questions_file":
+                check_source_exists(value, what=f"--{prefix}{name}")  # records may also be a `datasets` name
+            elif not Path(value).expanduser().exists():
+                raise FileNotFoundError(f"--{prefix}{name} {value} does not exist")
+    for name in ("model_name_or_path", "vision_model_name_or_path", "text_model_name_or_path"):
+        if getattr(model_args, name) is not None:
+            check_source_exists(getattr(model_args, name), what=f"--{name}")
+            AutoConfig.from_pretrained(getattr(model_args, name))  # fails now, not after the data is loaded
+
+
 def load_data(data_args: DataArguments, args: VLMTrainingArguments) -> tuple[Dataset | None, Dataset | None]:
     """(training questions or None, evaluation questions or None), in the `vqa_data.VQA_FEATURES` layout."""
     shapes = {"image_size": data_args.shapes_image_size, "seed": args.seed}
@@ -225,9 +254,7 @@ def build_start(model_args: ModelArguments, data_args: DataArguments, args: VLMT
 
     def build():
         text_path = model_args.text_model_name_or_path
-        if model_args.tiny_text_backbone:
-            if train is None:
-                raise ValueError("--tiny_text_backbone builds its vocabulary from the training data; pass --do_train.")
+        if model_args.tiny_text_backbone:  # with --do_train (check_combinations)
             _, text_path = write_tiny_backbones(
                 layout.backbones_dir, training_texts(train, data_args.prompt_template),
                 hidden_size=model_args.tiny_text_hidden_size, num_layers=model_args.tiny_text_layers, seed=args.seed,
@@ -281,13 +308,17 @@ def run_evaluation(model_dir: Path, data_args: DataArguments, args: VLMTrainingA
 
 
 def main() -> None:
-    model_args, data_args, args = parse_args()
-    set_seed(args.seed)
-    setup_logging(args.should_log)
+    # Mistakes in the flags, config file, paths and data are reported in one line (exit 2) before anything is built
+    # or trained; later errors keep their traceback.
+    with user_errors():
+        model_args, data_args, args = parse_args()
+        set_seed(args.seed)
+        setup_logging(args.should_log)
+        check_combinations(model_args, data_args, args)
+        train, evaluation = load_data(data_args, args)
 
     layout = RunLayout(args.output_dir, marker=VLM_STAGE_MARKER)
     layout.root.mkdir(parents=True, exist_ok=True)
-    train, evaluation = load_data(data_args, args)
     with args.main_process_first(desc="building the starting model"):
         start = build_start(model_args, data_args, args, train, layout)
 

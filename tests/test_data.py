@@ -21,6 +21,7 @@ from hive_hf.data import (
     NUMBER_WORDS,
     POSITIONS,
     SHAPES,
+    check_source_exists,
     decode_image,
     load_caption_dataset,
     make_shapes_dataset,
@@ -297,6 +298,16 @@ def test_load_synthetic() -> None:
         load_caption_dataset("synthetic", data_files="x.tar")
     with pytest.raises(ValueError, match="max_samples"):
         load_caption_dataset("synthetic", max_samples=0)
+
+
+def test_a_missing_local_path_says_it_does_not_exist(tmp_path: Path) -> None:
+    for source in (str(tmp_path / "none"), "./no/such/folder", "~/no-such-hive-data", "data/for/hive.tar"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            load_caption_dataset(source)
+    check_source_exists("someone/some-dataset")  # a Hub id: left to datasets
+    check_source_exists("parquet")  # a builder name
+    with pytest.raises(FileNotFoundError, match="--encoder 'missing/x/y' does not exist"):
+        check_source_exists("missing/x/y", what="--encoder")
 
 
 def _check_folder_rows(rows: list[dict]) -> None:

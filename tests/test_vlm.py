@@ -1,7 +1,6 @@
 """LLaVA-style VLM fine-tuning of a vision encoder: composition, stages, data adapters, evaluation, the script."""
 
 import copy
-import importlib.util
 import io
 import json
 import subprocess
@@ -12,6 +11,7 @@ import datasets
 import PIL.Image
 import pytest
 import torch
+from scripts import load_script, user_error
 from tiny import VISION, tiny_model
 from transformers import (
     AutoConfig,
@@ -434,16 +434,8 @@ def test_generation_and_scoring_end_to_end_on_the_embedded_data(built, train_dat
 
 
 # -- the script -------------------------------------------------------------------------------------------------------
-def _script():
-    spec = importlib.util.spec_from_file_location("run_vlm_finetune", ROOT / "examples" / "run_vlm_finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their string annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_rejects_bad_flag_combinations(tmp_path):
-    script = _script()
+    script = load_script("run_vlm_finetune")
     with pytest.raises(ValueError, match="exactly one model source"):
         script.ModelArguments()
     with pytest.raises(ValueError, match="--text_model_name_or_path"):
@@ -458,6 +450,30 @@ def test_script_rejects_bad_flag_combinations(tmp_path):
         script.VLMTrainingArguments(output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="--lora_r 4 applies to stage 2"):
         script.VLMTrainingArguments(output_dir=str(tmp_path), do_train=True, stages=[1], lora_r=4)
+
+
+@pytest.mark.parametrize("mistake", ["stages", "missing_questions", "missing_vision", "tiny_without_train", "json"])
+def test_script_user_errors_print_one_argparse_line_before_any_work(mistake, backbones, tmp_path, monkeypatch,
+                                                                     capsys):
+    out = tmp_path / "run"
+    composed = ["--vision_model_name_or_path", backbones["hive"], "--text_model_name_or_path", backbones["text"]]
+    argv, words = {
+        "stages": ([*composed, "--do_train", "--stages", "3"], ["--stages", "1 2", "[3]"]),
+        "missing_questions": ([*composed, "--do_train", "--train_benchmark", "gqa", "--train_questions_file",
+                               tmp_path / "q.json", "--train_image_dir", tmp_path], ["--train_questions_file",
+                                                                                   "does not exist"]),
+        "missing_vision": (["--vision_model_name_or_path", tmp_path / "nothing", "--tiny_text_backbone", "--do_train"],
+                           ["nothing"]),
+        "tiny_without_train": (["--vision_model_name_or_path", backbones["hive"], "--tiny_text_backbone",
+                                "--do_eval"], ["--tiny_text_backbone", "--do_train"]),
+        "json": ([tmp_path / "vlm.json"], ["vlm.json", "not valid JSON"]),
+    }[mistake]
+    (tmp_path / "vlm.json").write_text('{"do_train": true')
+    message = user_error("run_vlm_finetune", [*argv, "--output_dir", out, "--use_cpu", "--report_to", "none"],
+                         monkeypatch, capsys)
+    for word in words:
+        assert word in message, (word, message)
+    assert not out.exists()
 
 
 PLAIN_LOADER = """

@@ -8,6 +8,7 @@ bad file, which the training collators skip and count.
 from .captions import (
     CAPTION_COLUMN,
     IMAGE_COLUMN,
+    check_source_exists,
     decode_image,
     load_caption_dataset,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "NUMBER_WORDS",
     "POSITIONS",
     "SHAPES",
+    "check_source_exists",
     "decode_image",
     "draw_shapes",
     "load_caption_dataset",

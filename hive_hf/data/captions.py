@@ -35,6 +35,7 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "IMAGE_COLUMN",
     "CAPTION_COLUMN",
+    "check_source_exists",
     "decode_image",
     "load_caption_dataset",
 ]
@@ -177,6 +178,7 @@ def load_caption_dataset(
             ``"synthetic"`` only ``image_size`` is accepted.
 
     Raises:
+        FileNotFoundError: ``source`` is a local path with nothing there (see :func:`check_source_exists`).
         ValueError: A column is missing or unusable (the message lists the columns found and the flag to pass), no
             file matches a glob, ``max_samples`` is not positive, or an option does not apply to the source.
     """
@@ -191,6 +193,7 @@ def load_caption_dataset(
         return _load_synthetic(image_column, caption_column, split, streaming, data_files, max_samples, seed,
                                load_kwargs)
 
+    check_source_exists(source)
     builder, builder_kwargs = _resolve_source(source, split, data_files)
     is_webdataset = builder == "webdataset"
     logger.info("Loading caption dataset %r with builder %r (split=%r, streaming=%s)", source, builder, split,
@@ -290,6 +293,20 @@ def _resolve_source(source: str, split: str, data_files: Any) -> tuple[str, dict
             )
         return "webdataset", {"data_files": data_files or {split_name: tars}}
     return source, extra
+
+
+def check_source_exists(source: str, what: str = "the dataset path") -> None:
+    """Raise `FileNotFoundError` ("<what> '<source>' does not exist") when `source` is written as a local path
+    (absolute, `./`, `../`, `~`, more than one `/`, or inside an existing folder) and nothing is there. Other names are
+    left to the loader: Hub ids such as `user/name`, `datasets` builder names."""
+    if _looks_remote(source) or glob.has_magic(source):
+        return
+    expanded = os.path.expanduser(source)
+    if os.path.exists(expanded):
+        return
+    parent = os.path.dirname(expanded.rstrip("/"))
+    if source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or (parent and os.path.isdir(parent)):
+        raise FileNotFoundError(f"{what} {source!r} does not exist")
 
 
 def _find_files(directory: str, patterns: tuple[str, ...]) -> list[str]:

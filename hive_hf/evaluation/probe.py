@@ -57,7 +57,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from ..data import decode_image, make_shapes_dataset
+from ..data import check_source_exists, decode_image, make_shapes_dataset
 from ..metrics import load_metric
 from ..modeling_hive import load_vision_tower
 from .augment import ProbeAugmentation
@@ -340,6 +340,7 @@ def load_probe_datasets(
             test=make_shapes_dataset(max_test_samples or SYNTHETIC_TEST_SAMPLES, image_size, seed, "test"),
         )
     # A local folder of images is read as an `imagefolder` (labels from the class subfolder names) by datasets.
+    check_source_exists(dataset)
     splits = datasets.load_dataset(dataset, dataset_config_name, **load_kwargs)
     for flag, split in (("--train_split", train_split), ("--validation_split", validation_split)):
         if split is not None and split not in splits:

@@ -7,7 +7,8 @@ import json
 import logging as pylogging
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,11 +34,24 @@ _PER_STAGE = {
 
 
 def parse_json_or_flags(parser: HfArgumentParser, argv: list[str] | None = None) -> tuple[Any, ...]:
-    """Parse flags, or one JSON file optionally followed by flags that override it (lists become repeated values)."""
+    """Parse flags, or one JSON file optionally followed by flags that override it (lists become repeated values).
+
+    Raises `ValueError` naming the file when it does not exist or is not one JSON object, and whatever the argument
+    dataclasses' `__post_init__` raise for values that do not go together.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith(".json"):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise ValueError(f"the config file {path} does not exist")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"the config file {path} is not valid JSON: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"the config file {path} must hold one JSON object of flag names and values")
         flags = []
-        for key, value in json.loads(Path(argv[0]).read_text()).items():
+        for key, value in values.items():
             values = value if isinstance(value, list) else [value]
             flags += [f"--{key}", *(str(v) for v in values)]
         argv = flags + argv[1:]
@@ -134,3 +148,20 @@ def setup_logging(main_process: bool = True) -> None:
     pylogging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     pylogging.getLogger("hive_hf").setLevel(pylogging.INFO if main_process else pylogging.WARNING)
     transformers.utils.logging.set_verbosity_warning()
+
+
+@contextmanager
+def user_errors(prog: str | None = None) -> Iterator[None]:
+    """Report a user's mistake the way argparse does: `<prog>: error: <message>` on stderr and exit status 2, with no
+    traceback. Wrap the steps that read flags, config files, checkpoints' configs and datasets.
+
+    `ValueError` (values that cannot work together, wrong columns, invalid JSON) and `OSError` (a path that does not
+    exist, a checkpoint or dataset that cannot be found) raised inside are the user's; anything else is a bug and
+    keeps its traceback.
+    """
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        sys.stderr.write(f"{prog or Path(sys.argv[0]).name}: error: {message}\n")
+        raise SystemExit(2) from None
