@@ -1,6 +1,6 @@
 """Three-stage HIVE pre-training (and staged LLaVA fine-tuning) on top of `transformers.Trainer`."""
 
-from .callback import HiveStageCallback, StageSetter
+from .callback import HiveStageCallback, SkippedImagesCallback, StageSetter
 from .collator import HiveCaptionCollator
 from .stages import (
     HIVE_STAGES,
@@ -18,6 +18,7 @@ __all__ = [
     "HiveCaptionCollator",
     "HiveStageCallback",
     "HiveTrainer",
+    "SkippedImagesCallback",
     "STAGE_DEFAULTS",
     "StageHyperparameters",
     "StageSetter",

@@ -1,4 +1,5 @@
-"""HiveStageCallback: applies a training stage and makes sure frozen weights stay frozen."""
+"""Callbacks of a training stage: `HiveStageCallback` applies the stage and makes sure frozen weights stay frozen;
+`SkippedImagesCallback` keeps the count of skipped images across a resume."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from accelerate.utils import extract_model_from_parallel
+from accelerate.utils import extract_model_from_parallel, reduce
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
@@ -91,3 +92,50 @@ class HiveStageCallback(TrainerCallback, ExportableState):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._check_unchanged(model)
+
+
+class SkippedImagesCallback(TrainerCallback, ExportableState):
+    """Counts the images the collator skipped in a stage (`HiveTrainer` adds what each batch reports) and keeps the
+    count in every checkpoint, so that a stage resumed after a crash reports the images skipped over the whole stage.
+
+    The count is per pass over the data: an unreadable image is counted each time its batch is trained on (once per
+    epoch). Each process counts its own batches; at every save the counts are summed over processes and stored with
+    the checkpoint (`trainer_state.json`, as a stateful callback). On resume the main process starts from that sum and
+    the others from zero, so `total` stays the sum over processes: what the run would have reported uninterrupted.
+    """
+
+    def __init__(self, saved: int = 0):
+        self.saved = saved  # the total over processes at the last save
+        self.local = 0  # this process, since this `train()` started
+        self.restored = 0  # the total before a resume, on the main process
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"saved": self.saved}, "attributes": {}}
+
+    def add(self, count: int) -> None:
+        self.local += count
+
+    def count(self) -> int:
+        """This process's count (a resumed stage's earlier total included on the main process)."""
+        return self.restored + self.local
+
+    def total(self, args: Any) -> int:
+        """The count summed over processes; every process must call it (a collective)."""
+        count = torch.tensor(self.count(), device=args.device)
+        return int(reduce(count, reduction="sum")) if args.world_size > 1 else int(count)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # `state` is the checkpoint's when resuming (Trainer loads it before this event), else a fresh one holding 0.
+        stored = state.stateful_callbacks.get(type(self).__name__) or {}
+        self.restored = stored.get("args", {}).get("saved", 0) if args.process_index == 0 else 0
+        self.local = 0
+
+    def _before_save(self, args, control) -> None:
+        if control.should_save:  # the Trainer saves right after this event, on every process
+            self.saved = self.total(args)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._before_save(args, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._before_save(args, control)

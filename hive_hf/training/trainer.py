@@ -1,4 +1,4 @@
-"""HiveTrainer: `Trainer` with stage-aware optimizer groups and a count of skipped images.
+"""HiveTrainer: `Trainer` with stage-aware optimizer groups and a count of skipped images (kept across a resume).
 
 It overrides only documented hooks (`create_optimizer`, `compute_loss`); everything that does not change the loop
 (applying and guarding the stage) is `HiveStageCallback`.
@@ -14,7 +14,7 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from ..modeling_hive import parameter_component
-from .callback import HiveStageCallback, StageSetter
+from .callback import HiveStageCallback, SkippedImagesCallback, StageSetter
 from .collator import SKIPPED_KEY
 
 logger = logging.get_logger(__name__)
@@ -77,10 +77,21 @@ class HiveTrainer(Trainer):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if stage is not None and not any(isinstance(c, HiveStageCallback) for c in callbacks):
             callbacks.append(HiveStageCallback(stage, stage_setter=stage_setter))
+        if not any(isinstance(c, SkippedImagesCallback) for c in callbacks):
+            callbacks.append(SkippedImagesCallback())
         self.lr_multipliers = lr_multipliers
         self.component_rule = component_rule
-        self.skipped_images = 0
         super().__init__(*args, callbacks=callbacks, **kwargs)
+
+    def _skip_counter(self) -> SkippedImagesCallback:
+        # Looked up each time: resuming with `restore_callback_states_from_checkpoint` replaces callback objects.
+        return next(c for c in self.callback_handler.callbacks if isinstance(c, SkippedImagesCallback))
+
+    @property
+    def skipped_images(self) -> int:
+        """Images this process's batches skipped in this stage; after a resume, the main process includes the total
+        from before it (see `SkippedImagesCallback`)."""
+        return self._skip_counter().count()
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -97,12 +108,10 @@ class HiveTrainer(Trainer):
                      num_items_in_batch: torch.Tensor | None = None):
         skipped = inputs.pop(SKIPPED_KEY, None)
         if skipped is not None:
-            self.skipped_images += int(skipped)
+            self._skip_counter().add(int(skipped))
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def total_skipped_images(self) -> int:
-        """Skipped images summed over all processes."""
-        count = torch.tensor(self.skipped_images, device=self.args.device)
-        if self.args.world_size > 1:
-            count = self.accelerator.reduce(count, reduction="sum")
-        return int(count)
+        """Skipped images summed over all processes, over the whole stage (a resume included); counted per pass over
+        the data. Every process must call it."""
+        return self._skip_counter().total(self.args)
