@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer, HfArgumentParser, set_seed
 from transformers.utils import logging
 
 from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveProcessor
+from hive_hf.compat import AutoImageProcessor
 from hive_hf.configuration_hive import FUSION_MODES
 from hive_hf.data import check_source_exists, decode_image, load_caption_dataset
 from hive_hf.tiny_backbones import tiny_configs, write_tiny_backbones

@@ -8,8 +8,10 @@ This file is shipped to the Hub next to the weights, so it imports nothing but t
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 FUSION_MODES = ("joint", "gated", "concat")
@@ -121,47 +123,52 @@ class HiveConfig(PreTrainedConfig):
     ```"""
 
     model_type = "hive"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model", init_kwargs=_DEFAULT_VISION),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs=_DEFAULT_TEXT),
-    }
+    # A plain dict of sub-config classes and a classic `__init__`: the form every transformers 5.x release accepts for
+    # remote code (the dataclass-style `sub_configs_defaults` exists only from 5.20 on).
+    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
-    vision_config: dict | PreTrainedConfig | None = None
-    text_config: dict | PreTrainedConfig | None = None
-    fusion: str = "joint"
-    vision_feature_layers: list[int] | None = None
-    cross_attention_layers: list[int] | None = None
-    connection_density: float = 0.25
-    layer_selection: str | None = None
-    projector_hidden_size: int | None = None
-    projector_hidden_act: str = "gelu"
-    projector_residual: bool = True
-    projector_bias: bool = True
-    separate_image_kv: bool = False
-    image_token_id: int | None = None
-    training_stage: int | None = None
-    initializer_range: float = 0.02
-    tie_word_embeddings: bool = False
-
-    def __post_init__(self, **kwargs):
-        # A two-tower checkpoint config (SiglipConfig, CLIPConfig) is accepted for its vision half.
-        if isinstance(self.vision_config, PreTrainedConfig) and hasattr(self.vision_config, "vision_config"):
-            self.vision_config = self.vision_config.vision_config
-        if isinstance(self.vision_config, dict) and "vision_config" in self.vision_config:
-            self.vision_config = self.vision_config["vision_config"]
-        super().__post_init__(**kwargs)
-        if hasattr(self.vision_config, "vision_config"):
-            self.vision_config = self.vision_config.vision_config
+    def __init__(
+        self,
+        vision_config: dict | PreTrainedConfig | None = None,
+        text_config: dict | PreTrainedConfig | None = None,
+        fusion: str = "joint",
+        vision_feature_layers: list[int] | None = None,
+        cross_attention_layers: list[int] | None = None,
+        connection_density: float = 0.25,
+        layer_selection: str | None = None,
+        projector_hidden_size: int | None = None,
+        projector_hidden_act: str = "gelu",
+        projector_residual: bool = True,
+        projector_bias: bool = True,
+        separate_image_kv: bool = False,
+        image_token_id: int | None = None,
+        training_stage: int | None = None,
+        initializer_range: float = 0.02,
+        **kwargs: Any,
+    ):
+        self.vision_config = _sub_config(vision_config, "siglip_vision_model", _DEFAULT_VISION, "vision_config")
+        self.text_config = _sub_config(text_config, "llama", _DEFAULT_TEXT, "text_config")
+        self.fusion = fusion
+        self.vision_feature_layers = vision_feature_layers
+        self.cross_attention_layers = cross_attention_layers
+        self.connection_density = connection_density
+        self.layer_selection = layer_selection
+        self.projector_hidden_size = projector_hidden_size
+        self.projector_hidden_act = projector_hidden_act
+        self.projector_residual = projector_residual
+        self.projector_bias = projector_bias
+        self.separate_image_kv = separate_image_kv
+        self.image_token_id = image_token_id
+        self.training_stage = training_stage
+        self.initializer_range = initializer_range
         # The LLM's own tying decides ours (MobileLLM ties its embeddings).
-        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
-        self._validate_backbones()
-        self._resolve_and_validate_layers()
+        kwargs["tie_word_embeddings"] = bool(getattr(self.text_config, "tie_word_embeddings", False))
         # Every saved HIVE folder maps all Auto classes, so that `AutoModel` (the encoder) and
         # `AutoModelForImageTextToText` (the full model) both load it with `trust_remote_code=True`.
-        auto_map = dict(getattr(self, "auto_map", None) or {})
-        for auto_class, target in _AUTO_MAP.items():
-            auto_map.setdefault(auto_class, target)
-        self.auto_map = auto_map
+        kwargs["auto_map"] = {**_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__init__(**kwargs)
+        self._validate_backbones()
+        self._resolve_and_validate_layers()
 
     # ----------------------------------------------------------------------------------------------------------------
     def _validate_backbones(self) -> None:
@@ -257,6 +264,25 @@ class HiveConfig(PreTrainedConfig):
     @property
     def resolved_image_token_id(self) -> int:
         return self.image_token_id if self.image_token_id is not None else self.text_config.vocab_size
+
+
+def _sub_config(value: Any, default_type: str, defaults: dict, field: str) -> PreTrainedConfig:
+    """A sub-config from `None` (our default shapes), a dict (by its `model_type`) or a config object. A full
+    two-tower config (`SiglipConfig`, `CLIPConfig`, or its dict) contributes its vision half."""
+    if value is None:
+        return CONFIG_MAPPING[default_type](**defaults)
+    if isinstance(value, dict):
+        value = dict(value.get("vision_config", value)) if field == "vision_config" else dict(value)
+        model_type = value.pop("model_type", default_type)
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(
+                f"`{field}` has model_type={model_type!r}, which this transformers release does not know; pass a "
+                f"config of a model type from transformers' CONFIG_MAPPING (e.g. {default_type!r})."
+            )
+        return CONFIG_MAPPING[model_type](**value)
+    if isinstance(value, PreTrainedConfig):
+        return getattr(value, "vision_config", value) if field == "vision_config" else value
+    raise ValueError(f"`{field}` must be None, a dict or a PreTrainedConfig, got {type(value).__name__}.")
 
 
 def _check_layer_list(field: str, layers: list[int], low: int, high: int, meaning: str) -> None:

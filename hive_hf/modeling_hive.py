@@ -19,6 +19,7 @@ This file is shipped to the Hub next to the weights: it imports only torch, tran
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward, repeat_kv
 from transformers.utils import ModelOutput, logging
@@ -36,6 +38,31 @@ from transformers.utils import ModelOutput, logging
 from .configuration_hive import HiveConfig
 
 logger = logging.get_logger(__name__)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Transformers release differences: the one place that knows them. This file runs on whatever transformers release
+# the person loading a checkpoint has, so each difference is detected by feature, never by version string.
+# ---------------------------------------------------------------------------------------------------------------------
+# 5.24 renamed the key/value cache from `past_key_values` to `cache`: in model arguments, in the arguments decoder
+# layers pass to their attention, and in output dataclasses. The library's own output class says which name this
+# release uses; we use that name everywhere, so our calls raise no deprecation warnings on any release.
+CACHE_NAME = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+
+
+# 5.23 renamed gradient checkpointing to activation checkpointing, in the model method
+# (`activation_checkpointing_enable(activation_checkpointing_kwargs=...)`) and in the `TrainingArguments` flag, at once;
+# the old names warn. `f"{CHECKPOINTING}_enable"` and `f"{CHECKPOINTING}_kwargs"` are this release's names.
+CHECKPOINTING = (
+    "activation_checkpointing" if hasattr(PreTrainedModel, "activation_checkpointing_enable") else "gradient_checkpointing"
+)
+
+
+def _pop_cache(cache: Cache | None, kwargs: dict[str, Any]) -> Cache | None:
+    """The cache, whichever name the caller used (`cache` from 5.24 on, `past_key_values` before and by users)."""
+    legacy = kwargs.pop("past_key_values", None)
+    if cache is not None and legacy is not None:
+        raise ValueError("Pass the key/value cache once, as `cache` or as `past_key_values`, not both.")
+    return cache if cache is not None else legacy
 
 # Attention implementations the image-joined attention computes itself (it needs an explicit mask with image columns).
 _JOINT_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -87,8 +114,9 @@ class HiveCausalLMOutputWithPast(ModelOutput):
         Next-token cross entropy over `labels` (-100 and image positions ignored).
     logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
         LM logits aligned with `input_ids` (image tokens that were prepended in concat mode are removed).
-    past_key_values (`Cache`, *optional*):
-        The LLM's text key/value cache (concat mode: image positions included).
+    cache (`Cache`, *optional*):
+        The LLM's text key/value cache (concat mode: image positions included). Named `past_key_values` on
+        transformers releases before 5.24, as the library's own outputs are.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*):
         The LLM's hidden states, when `output_hidden_states=True`.
     image_attentions (`tuple(torch.FloatTensor)`, *optional*):
@@ -103,7 +131,10 @@ class HiveCausalLMOutputWithPast(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    if CACHE_NAME == "cache":
+        cache: Cache | None = None
+    else:
+        past_key_values: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     image_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_key_values: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
@@ -224,19 +255,20 @@ class HiveJointAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         hive_image_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
         hive_attentions: list | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cache = _pop_cache(cache, kwargs)  # the decoder layer passes it as `cache` (5.24+) or `past_key_values`
         input_shape = hidden_states.shape[:-1]
         query = self._heads(self.q_proj, hidden_states, self.q_norm)
         key = self._heads(self.k_proj, hidden_states, self.k_norm)
         value = self._heads(self.v_proj, hidden_states, None)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        if past_key_values is not None:  # the cache holds text keys/values only
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:  # the cache holds text keys/values only
+            key, value = cache.update(key, value, self.layer_idx)
         dropout = self.attention_dropout if self.training else 0.0
 
         if hive_image_kv is None:  # no image in this batch: exactly the LLM's own attention
@@ -336,7 +368,7 @@ class HivePreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["HiveProjector", "HiveGatedDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
@@ -664,7 +696,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -679,9 +711,12 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             Images, one per sequence. Without them (and without `image_key_values`) the model is the plain LLM.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Aligned with `input_ids` (the loss shifts them); -100 is ignored, and so are image positions.
+        cache (`Cache`, *optional*):
+            The LLM's key/value cache; `past_key_values=` is accepted too, on every transformers release.
         image_key_values (`tuple`, *optional*):
             joint/gated: a previous output's `image_key_values`, used instead of `pixel_values`.
         """
+        cache = _pop_cache(cache, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
         if pixel_values is not None and image_key_values is not None:
@@ -696,7 +731,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if self.config.fusion == "concat":
             return self._forward_concat(
                 input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
                 labels=labels, use_cache=use_cache, output_attentions=output_attentions,
                 output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep,
                 num_items_in_batch=num_items_in_batch, **kwargs,
@@ -708,12 +743,12 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if image_key_values is not None:
             kwargs.update(hive_image_kv=image_key_values, hive_attentions=attentions)
         seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        position_ids = _position_ids(attention_mask, position_ids, past_key_values, seq_len)
+        position_ids = _position_ids(attention_mask, position_ids, cache, seq_len)
+        kwargs[CACHE_NAME] = cache
         out = self.language_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -728,10 +763,10 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         return HiveCausalLMOutputWithPast(
             loss=loss,
             logits=out.logits,
-            past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             image_attentions=tuple(attentions) if attentions is not None else None,
             image_key_values=image_key_values,
+            **{CACHE_NAME: getattr(out, CACHE_NAME)},
         )
 
     def _forward_concat(
@@ -741,7 +776,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         pixel_values: torch.FloatTensor | None,
         attention_mask: torch.Tensor | None,
         position_ids: torch.LongTensor | None,
-        past_key_values: Cache | None,
+        cache: Cache | None,
         inputs_embeds: torch.FloatTensor | None,
         labels: torch.LongTensor | None,
         use_cache: bool | None,
@@ -784,7 +819,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 image_positions = is_image.nonzero()[:, 1].view(batch, num_image)
         else:
             # Decoding after a prefill that prepended the image: the cache holds image positions the 2-D mask lacks.
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past = cache.get_seq_length() if cache is not None else 0
             if attention_mask.shape[1] < past + seq_len:
                 pad = past + seq_len - attention_mask.shape[1]
                 attention_mask = torch.cat([attention_mask.new_ones(batch, pad), attention_mask], dim=1)
@@ -795,12 +830,12 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 "fusion='concat' reads image attention from the LLM's own attention weights; load the model with "
                 "attn_implementation='eager' to use output_attentions=True."
             )
-        position_ids = _position_ids(attention_mask, position_ids, past_key_values, inputs_embeds.shape[1])
+        position_ids = _position_ids(attention_mask, position_ids, cache, inputs_embeds.shape[1])
+        kwargs[CACHE_NAME] = cache
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             output_attentions=bool(output_attentions),
             output_hidden_states=output_hidden_states,
@@ -828,9 +863,9 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         return HiveCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             image_attentions=image_attentions,
+            **{CACHE_NAME: getattr(out, CACHE_NAME)},
         )
 
     # -- generation ----------------------------------------------------------------------------------------------
@@ -856,7 +891,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
 def _position_ids(
     attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None,
-    past_key_values: Cache | None,
+    cache: Cache | None,
     seq_len: int,
 ) -> torch.Tensor | None:
     """Positions that skip padding, so a padded sequence is computed as it would be alone."""

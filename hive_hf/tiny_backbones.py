@@ -15,10 +15,10 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    SiglipImageProcessor,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
@@ -90,7 +90,7 @@ def write_tiny_backbones(
     )
     torch.manual_seed(seed)
     vision = SiglipVisionModel(vision_config)
-    image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
     if vision_pretrain_steps > 0:
         if images is None or len(images) != len(texts):
             raise ValueError("`vision_pretrain_steps` needs `images`, one per text.")

@@ -6,13 +6,16 @@ import torch
 
 # Every model, tokenizer and dataset in the tests is built locally; nothing is downloaded.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Subprocesses the tests start (remote-code loaders, scripts, torchrun) compute with one thread, as this process does
+# (`one_thread` below): results compared bit for bit across processes must not depend on the thread count.
+os.environ["OMP_NUM_THREADS"] = "1"
 sys.path.insert(0, os.path.dirname(__file__))
 
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Every test model is tiny: its ops spend their time in thread hand-offs, worst on a busy 2-core machine, so one
-    thread is several times faster. Subprocesses the tests start set OMP_NUM_THREADS=1 for the same reason."""
+    thread is several times faster."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

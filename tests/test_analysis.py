@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny import set_gates, tiny_config, tiny_inputs, tiny_model
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+from transformers import SiglipImageProcessor
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor
 from hive_hf.analysis import (
@@ -179,7 +179,7 @@ def checkpoints(tmp_path_factory):
     for fusion in ("joint", "concat"):
         model = tiny_model(fusion=fusion)
         processor = HiveProcessor.for_model_config(
-            model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}), build_word_tokenizer(captions))
+            model.config, SiglipImageProcessor(size={"height": 16, "width": 16}), build_word_tokenizer(captions))
         model.resize_token_embeddings(len(processor.tokenizer))
         model.config.text_config.vocab_size = len(processor.tokenizer)
         paths[fusion] = root / fusion

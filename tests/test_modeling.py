@@ -12,7 +12,7 @@ from transformers import (
 )
 
 from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveVisionEncoderModel
-from hive_hf.modeling_hive import HiveGatedCrossAttention, HiveJointAttention, _attend
+from hive_hf.modeling_hive import CHECKPOINTING, HiveGatedCrossAttention, HiveJointAttention, _attend
 
 torch.set_grad_enabled(True)
 ATOL = 1e-5
@@ -316,7 +316,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(fusion):
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     plain = grads()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    getattr(model, f"{CHECKPOINTING}_enable")(**{f"{CHECKPOINTING}_kwargs": {"use_reentrant": False}})
     checkpointed = grads()
     assert plain.keys() == checkpointed.keys()
     assert any("vision_model" in n for n in checkpointed)  # gradients reach the encoder through checkpointed blocks

@@ -4,8 +4,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny import tiny_config
-from transformers import AutoProcessor
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+from transformers import AutoProcessor, SiglipImageProcessor
 
 from hive_hf import HiveProcessor
 from hive_hf.tiny_backbones import build_word_tokenizer
@@ -16,7 +15,7 @@ CAPTIONS = ["two red circles in the top left.", "one blue square in the center o
 def make_processor(fusion="joint", **kwargs):
     config = tiny_config(fusion=fusion)
     tokenizer = build_word_tokenizer(CAPTIONS + ["a photo of"])
-    return HiveProcessor.for_model_config(config, SiglipImageProcessorPil(size={"height": 16, "width": 16}),
+    return HiveProcessor.for_model_config(config, SiglipImageProcessor(size={"height": 16, "width": 16}),
                                           tokenizer, **kwargs), config
 
 

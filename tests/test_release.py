@@ -22,10 +22,10 @@ from hub_double import LocalHub
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from PIL import Image
 from tiny import tiny_model
-from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, TrainingArguments
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+from transformers import AutoProcessor, AutoTokenizer, SiglipImageProcessor, TrainingArguments
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor, HiveVisionEncoderModel
+from hive_hf.compat import AutoImageProcessor
 from hive_hf.data import make_shapes_dataset
 from hive_hf.modeling_hive import STAGE_COMPONENTS, parameter_component
 from hive_hf.release import (
@@ -113,7 +113,8 @@ LOADER = textwrap.dedent(
     sys.meta_path.insert(0, BlockHive())
     import torch
     from PIL import Image
-    from transformers import AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor  # the class, on every release
 
     jobs, inputs_file, out_file, caption = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     all_inputs = torch.load(inputs_file)
@@ -153,8 +154,7 @@ def load_in_fresh_process(hub, tmp_path, jobs, inputs):
     specs = [dict(zip(("name", "kind", "repo", "revision", "remote", "inputs"), job)) for job in jobs]
     proc = subprocess.run(
         [sys.executable, "-c", LOADER, json.dumps(specs), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt"), CAPTION],
-        env={**hub.env(hf_home=tmp_path / "fresh_hf_home"), "OMP_NUM_THREADS": "1"}, cwd=tmp_path,
-        capture_output=True, text=True, timeout=300,
+        env=hub.env(hf_home=tmp_path / "fresh_hf_home"), cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(tmp_path / "out.pt")
@@ -186,7 +186,7 @@ def push_with_trainer(tmp_path):
     shapes = make_shapes_dataset(16, image_size=16, seed=0)
     model = tiny_model()
     processor = HiveProcessor.for_model_config(
-        model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}), build_word_tokenizer(shapes["caption"]))
+        model.config, SiglipImageProcessor(size={"height": 16, "width": 16}), build_word_tokenizer(shapes["caption"]))
     args = TrainingArguments(
         output_dir=str(tmp_path / "run" / "stage1"), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-2,
         save_strategy="steps", save_steps=1, logging_steps=1, push_to_hub=True, hub_model_id="hive-run-stage1",

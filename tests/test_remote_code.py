@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny import FUSIONS, set_gates, tiny_inputs, tiny_model
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+from transformers import SiglipImageProcessor
 
 from hive_hf import HiveProcessor
 from hive_hf.tiny_backbones import build_word_tokenizer
@@ -65,7 +65,7 @@ def test_remote_code_loads_with_equal_outputs(fusion, tmp_path):
     folder = tmp_path / "hive-tiny"
     model.save_pretrained(folder)
     processor = HiveProcessor.for_model_config(
-        model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}),
+        model.config, SiglipImageProcessor(size={"height": 16, "width": 16}),
         build_word_tokenizer(["two red circles."]))
     processor.save_pretrained(folder)
     expected_batch = processor(images=[Image.new("RGB", (20, 20), (200, 30, 30))], text=["two red circles."],
@@ -76,7 +76,7 @@ def test_remote_code_loads_with_equal_outputs(fusion, tmp_path):
     torch.save(inputs, tmp_path / "inputs.pt")
     (tmp_path / "load.py").write_text(LOADER)
 
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, str(tmp_path / "load.py"), str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,

@@ -6,12 +6,11 @@ import json
 import pytest
 import torch
 from tiny import set_gates, tiny_config, tiny_model
-from transformers import TrainerCallback, TrainingArguments
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+from transformers import SiglipImageProcessor, TrainerCallback, TrainingArguments
 
 from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveProcessor
 from hive_hf.data import make_shapes_dataset
-from hive_hf.modeling_hive import parameter_component
+from hive_hf.modeling_hive import CHECKPOINTING, parameter_component
 from hive_hf.tiny_backbones import build_word_tokenizer
 from hive_hf.training import (
     HiveCaptionCollator,
@@ -32,7 +31,7 @@ def setup(shapes, fusion="joint", **config_kwargs):
     model = tiny_model(fusion=fusion, **config_kwargs)
     set_gates(model, 0.5)
     processor = HiveProcessor.for_model_config(
-        model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}),
+        model.config, SiglipImageProcessor(size={"height": 16, "width": 16}),
         build_word_tokenizer(shapes["caption"]))
     return model, processor
 
@@ -272,7 +271,7 @@ def test_the_skipped_image_count_survives_a_resume(shapes, tmp_path):
 def test_gradient_checkpointing_reaches_the_encoder_in_stage_3(shapes, tmp_path):
     model, processor = setup(shapes)
     before = snapshot(model)
-    args = train_args(tmp_path, gradient_checkpointing=True, max_steps=2)
+    args = train_args(tmp_path, max_steps=2, **{CHECKPOINTING: True})
     HiveTrainer(model=model, args=args, train_dataset=shapes, data_collator=HiveCaptionCollator(processor),
                 stage=3).train()
     assert model.vision_model.vision_tower.encoder.layers[0].gradient_checkpointing

@@ -23,9 +23,9 @@ from transformers import (
     CLIPVisionModel,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    SiglipImageProcessor,
     TrainingArguments,
 )
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 import hive_hf  # noqa: F401  (registers the HIVE auto classes)
 from hive_hf.data import make_shapes_dataset
@@ -78,7 +78,7 @@ def backbones(tmp_path_factory, train_data):
     root = tmp_path_factory.mktemp("backbones")
     hive = tiny_model(seed=0)
     hive.save_pretrained(root / "hive")
-    SiglipImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(root / "hive")
+    SiglipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(root / "hive")
     vision_path, text_path = write_tiny_backbones(root / "tiny", training_texts(train_data), image_size=16,
                                                   patch_size=4, hidden_size=32, num_layers=2)
     return {"hive": str(root / "hive"), "base_vision": vision_path, "text": text_path}
@@ -151,9 +151,9 @@ def test_llava_from_a_hive_encoder_keeps_both_weights_exactly(backbones, built):
 
 def test_a_stock_encoder_or_an_encoder_only_release_gives_the_same_model(backbones, built, tmp_path):
     AutoModel.from_pretrained(backbones["hive"]).save_pretrained(tmp_path / "encoder-only")
-    SiglipImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "encoder-only")
+    SiglipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "encoder-only")
     AutoModel.from_pretrained(backbones["hive"]).to_base_model().save_pretrained(tmp_path / "stock")
-    SiglipImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "stock")
+    SiglipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "stock")
     expected = built[0].model.vision_tower.state_dict()
     for source in ("encoder-only", "stock"):
         assert AutoConfig.from_pretrained(tmp_path / source).model_type == ("hive" if source != "stock" else
@@ -166,7 +166,7 @@ def test_clip_drops_its_class_token_and_a_wrong_strategy_is_refused(backbones):
     clip = CLIPVisionModel(AutoConfig.for_model(**VISION["clip"]))
     llm = AutoModelForCausalLM.from_pretrained(backbones["text"])
     tokenizer = AutoTokenizer.from_pretrained(backbones["text"])
-    image_processor = SiglipImageProcessorPil(size={"height": 16, "width": 16})
+    image_processor = SiglipImageProcessor(size={"height": 16, "width": 16})
     model, processor = compose_llava(clip, llm, tokenizer, image_processor)
     assert model.config.vision_feature_select_strategy == "default" and model.config.image_seq_length == 16
     inputs = processor(images=[PIL.Image.new("RGB", (20, 20))], text=["<image>\nQuestion: what color ?\nAnswer:"],
@@ -178,7 +178,7 @@ def test_clip_drops_its_class_token_and_a_wrong_strategy_is_refused(backbones):
     with pytest.raises(ValueError, match="has none"):
         compose_llava(siglip, llm, tokenizer, image_processor, vision_feature_select_strategy="default")
     with pytest.raises(ValueError, match="expects 16"):
-        compose_llava(siglip, llm, tokenizer, SiglipImageProcessorPil(size={"height": 32, "width": 32}))
+        compose_llava(siglip, llm, tokenizer, SiglipImageProcessor(size={"height": 32, "width": 32}))
 
 
 def test_saved_model_loads_with_plain_transformers_and_equal_logits(built, eval_data, tmp_path):

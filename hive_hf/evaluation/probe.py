@@ -51,12 +51,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     PreTrainedModel,
     get_cosine_schedule_with_warmup,
 )
 from transformers.utils import logging
 
+from ..compat import AutoImageProcessor
 from ..data import check_source_exists, decode_image, make_shapes_dataset
 from ..metrics import load_metric
 from ..modeling_hive import load_vision_tower

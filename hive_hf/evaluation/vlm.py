@@ -26,7 +26,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import (
     AddedToken,
-    AutoImageProcessor,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlavaConfig,
@@ -36,6 +35,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from ..compat import AutoImageProcessor
 from ..data.captions import decode_image
 from ..metrics import load_metric
 from ..modeling_hive import load_vision_tower
