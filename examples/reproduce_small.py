@@ -60,9 +60,10 @@ def main() -> None:
 
     import torch
 
-    from hive_hf.backbones import write_tiny_backbones
     from hive_hf.data import make_shapes_dataset
     from hive_hf.evaluation import format_table, load_probe_datasets, run_probe
+    from hive_hf.tiny_backbones import write_tiny_backbones
+    from hive_hf.training.staged_run import RunLayout
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     # 1. one pair of pretrained backbones for both runs, as run_pretrain's --tiny_backbones would write them
@@ -79,7 +80,7 @@ def main() -> None:
         runs[fusion] = pretrain(out, fusion, backbones, ["--seed", str(args.seed), *args.pretrain_args])
         timings[fusion] = time.time() - start
     stages = {
-        fusion: {s: json.loads((run / f"stage{s}" / "hive_stage.json").read_text()) for s in (1, 2, 3)}
+        fusion: {s: RunLayout(run).read_marker(s) for s in (1, 2, 3)}
         for fusion, run in runs.items()
     }
 

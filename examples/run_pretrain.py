@@ -24,43 +24,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging as pylogging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-import transformers
-from transformers import (
-    AutoProcessor,
-    AutoTokenizer,
-    HfArgumentParser,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer, HfArgumentParser, set_seed
 from transformers.utils import logging
 
-from hive_hf import HiveForConditionalGeneration, HiveProcessor
-from hive_hf.analysis import plot_loss_curves
-from hive_hf.backbones import write_tiny_backbones
+from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveProcessor
 from hive_hf.compat import AutoImageProcessor
 from hive_hf.configuration_hive import FUSION_MODES
-from hive_hf.data import decode_image, load_caption_dataset
-from hive_hf.release import HiveHubCallback
-from hive_hf.training import (
-    STAGE_DEFAULTS,
-    HiveCaptionCollator,
-    HiveTrainer,
-    apply_lora,
-    last_complete_checkpoint,
-    merge_lora,
-)
-from hive_hf.training.arguments import parse_json_or_flags, stage_training_args
+from hive_hf.data import check_source_exists, decode_image, load_caption_dataset
+from hive_hf.tiny_backbones import tiny_configs, write_tiny_backbones
+from hive_hf.training import HIVE_STAGES, STAGE_DEFAULTS, HiveCaptionCollator
+from hive_hf.training.arguments import StagedTrainingArguments, parse_json_or_flags, setup_logging, user_errors
+from hive_hf.training.hub import HiveHubCallback
+from hive_hf.training.staged_run import RunLayout, StagedRun
 
 logger = logging.get_logger("hive_hf.run_pretrain")
-STAGE_MARKER = "hive_stage.json"
-
-
-def _stage_default(attr: str) -> list:
-    return [getattr(STAGE_DEFAULTS[s], attr) for s in (1, 2, 3)]
 
 
 @dataclass
@@ -134,63 +115,35 @@ class DataArguments:
     max_caption_length: int = field(default=77, metadata={"help": "Caption tokens kept (the paper's 77)."})
     prompt: str | None = field(default=None, metadata={"help": "Text before every caption, left out of the loss."})
 
+    def __post_init__(self):
+        for name in ("max_train_samples", "max_caption_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
+
 
 @dataclass
-class HivePretrainingArguments(TrainingArguments):
-    stages: list[int] = field(default_factory=lambda: [1, 2, 3], metadata={"help": "Stages to run, in order."})
-    stage_batch_sizes: list[int] = field(
-        default_factory=lambda: _stage_default("batch_size"),
-        metadata={"help": "Global batch per stage (1 2 3); gradient accumulation makes up the difference."},
+class HivePretrainingArguments(StagedTrainingArguments):
+    """The paper's three stages (`STAGE_DEFAULTS`), plus per-stage clipping and warmup and per-component learning
+    rates."""
+
+    STAGES = HIVE_STAGES
+    STAGE_DEFAULTS = STAGE_DEFAULTS
+
+    stage_max_grad_norms: list[float] | None = field(
+        default=None, metadata={"help": "Gradient clipping per stage (default: the paper's)."}
     )
-    stage_epochs: list[float] = field(default_factory=lambda: _stage_default("epochs"), metadata={"help": "Epochs."})
-    stage_learning_rates: list[float] = field(
-        default_factory=lambda: _stage_default("learning_rate"), metadata={"help": "Peak learning rate per stage."}
+    stage_warmup_steps: list[int] | None = field(
+        default=None, metadata={"help": "Linear warmup steps per stage (default: the paper's)."}
     )
-    stage_max_grad_norms: list[float] = field(
-        default_factory=lambda: _stage_default("max_grad_norm"), metadata={"help": "Gradient clipping per stage."}
-    )
-    stage_warmup_steps: list[int] = field(
-        default_factory=lambda: _stage_default("warmup_steps"), metadata={"help": "Linear warmup steps per stage."}
-    )
-    stage_max_steps: list[int] = field(
-        default_factory=lambda: [-1, -1, -1], metadata={"help": "Steps per stage; -1 runs the epochs instead."}
-    )
-    lora_r: int = field(default=0, metadata={"help": "Stage 2: LoRA rank for the LLM (0 trains it in full)."})
-    lora_alpha: int = field(default=32, metadata={"help": "Stage 2 LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Stage 2 LoRA dropout."})
     vision_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for the vision encoder."})
     projector_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for the projectors."})
     fusion_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for new cross-attention."})
     llm_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for the LLM."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "The paper decays with a cosine."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs the raw columns."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not self.stages or sorted(set(self.stages)) != list(self.stages) or not set(self.stages) <= {1, 2, 3}:
-            raise ValueError(f"--stages must be distinct stages from 1 2 3 in order, got {self.stages}.")
-        for name in ("stage_batch_sizes", "stage_epochs", "stage_learning_rates", "stage_max_grad_norms",
-                     "stage_warmup_steps", "stage_max_steps"):
-            if len(getattr(self, name)) != 3:
-                raise ValueError(f"--{name} takes one value per stage (1 2 3), got {getattr(self, name)}.")
-        if any(b < 1 for b in self.stage_batch_sizes):
-            raise ValueError(f"--stage_batch_sizes must be positive, got {self.stage_batch_sizes}.")
-        if self.lora_r and 2 not in self.stages:
-            raise ValueError(f"--lora_r {self.lora_r} applies to stage 2, which --stages {self.stages} does not run.")
 
     @property
     def lr_multipliers(self) -> dict[str, float]:
         return {"vision": self.vision_lr_scale, "projector": self.projector_lr_scale,
                 "fusion": self.fusion_lr_scale, "llm": self.llm_lr_scale}
-
-    def for_stage(self, stage: int, output_dir: Path) -> TrainingArguments:
-        """Plain `TrainingArguments` for one stage: its hyperparameters, its folder, its run name."""
-        i = stage - 1
-        return stage_training_args(
-            self, stage, output_dir, self.stage_batch_sizes[i], learning_rate=self.stage_learning_rates[i],
-            num_train_epochs=self.stage_epochs[i], max_steps=self.stage_max_steps[i],
-            max_grad_norm=self.stage_max_grad_norms[i], warmup_steps=self.stage_warmup_steps[i],
-        )
 
 
 def parse_args() -> tuple[ModelArguments, DataArguments, HivePretrainingArguments]:
@@ -213,38 +166,59 @@ def check_combinations(model_args: ModelArguments, data_args: DataArguments, arg
         raise ValueError("HIVE needs non-reentrant checkpointing (frozen inputs); drop use_reentrant=True.")
 
 
-def build_start(model_args, data_args, args, train_data, out: Path):
-    """The stage-1 starting point, saved once to `<output_dir>/init` so that a restarted run starts identically."""
-    init_dir = out / "init"
-    if (init_dir / "config.json").exists() and (init_dir / "processor_config.json").exists():
-        return init_dir
+def hive_config_kwargs(model_args: ModelArguments) -> dict:
+    """The `HiveConfig` fields the flags set; the wiring lists only when given (else the paper's rule)."""
+    wiring = {k: getattr(model_args, k) for k in ("vision_feature_layers", "cross_attention_layers")
+              if getattr(model_args, k) is not None}
+    return {"fusion": model_args.fusion, "connection_density": model_args.connection_density,
+            "separate_image_kv": model_args.separate_image_kv, **wiring}
+
+
+def check_wiring(model_args: ModelArguments) -> None:
+    """Build the run's `HiveConfig` from the backbones' configs alone, so that a wiring they cannot hold (a tapped
+    layer beyond the encoder's depth, more taps than LLM layers) fails before any weights are downloaded or tiny
+    backbones pre-trained."""
+    for name in ("model_name_or_path", "vision_model_name_or_path", "text_model_name_or_path"):
+        if getattr(model_args, name) is not None:
+            check_source_exists(getattr(model_args, name), what=f"--{name}")
     if model_args.model_name_or_path:
-        model = HiveForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
-        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+        HiveConfig.from_pretrained(model_args.model_name_or_path)
+        return
+    if model_args.tiny_backbones:
+        vision, text = tiny_configs()  # what write_tiny_backbones builds, its vocabulary aside
     else:
+        vision = AutoConfig.from_pretrained(model_args.vision_model_name_or_path)
+        text = AutoConfig.from_pretrained(model_args.text_model_name_or_path)
+    HiveConfig(vision_config=vision, text_config=text, **hive_config_kwargs(model_args))
+
+
+def build_start(model_args: ModelArguments, data_args: DataArguments, args: HivePretrainingArguments, train_data,
+                layout: RunLayout) -> Path:
+    """The stage-1 starting point, saved once to `<output_dir>/init` so that a restarted run starts identically."""
+    def build():
+        if model_args.model_name_or_path:
+            model = HiveForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
+            return model, AutoProcessor.from_pretrained(model_args.model_name_or_path)
         if model_args.tiny_backbones:
             rows = [(decode_image(r["image"]), r["caption"]) for r in _take(train_data, 5000)]  # renamed columns
             rows = [(image, caption) for image, caption in rows if image is not None]
             vision_path, text_path = write_tiny_backbones(
-                out / "backbones", [c for _, c in rows], images=[i for i, _ in rows], seed=args.seed,
+                layout.backbones_dir, [c for _, c in rows], images=[i for i, _ in rows], seed=args.seed,
                 text_pretrain_steps=model_args.tiny_text_pretrain_steps,
                 vision_pretrain_steps=model_args.tiny_vision_pretrain_steps,
             )
         else:
             vision_path, text_path = model_args.vision_model_name_or_path, model_args.text_model_name_or_path
-        wiring = {k: getattr(model_args, k) for k in ("vision_feature_layers", "cross_attention_layers")
-                  if getattr(model_args, k) is not None}
         model = HiveForConditionalGeneration.from_vision_text_pretrained(
-            vision_path, text_path, fusion=model_args.fusion, connection_density=model_args.connection_density,
-            separate_image_kv=model_args.separate_image_kv, **wiring,
+            vision_path, text_path, **hive_config_kwargs(model_args)
         )
         processor = HiveProcessor.for_model_config(
             model.config, AutoImageProcessor.from_pretrained(vision_path), AutoTokenizer.from_pretrained(text_path),
             max_length=data_args.max_caption_length,
         )
-    model.save_pretrained(init_dir)
-    processor.save_pretrained(init_dir)
-    return init_dir
+        return model, processor
+
+    return layout.write_init(build)
 
 
 def _take(dataset, n: int):
@@ -254,97 +228,44 @@ def _take(dataset, n: int):
         yield row
 
 
-def run_stage(stage, start_dir: Path, model_args, data_args, args, train_data, out: Path) -> dict:
-    stage_dir = out / f"stage{stage}"
-    marker = stage_dir / STAGE_MARKER
-    if marker.exists():
-        logger.warning(f"stage {stage} already finished ({marker}); skipping it")
-        return json.loads(marker.read_text())
-
-    model = HiveForConditionalGeneration.from_pretrained(start_dir, attn_implementation=model_args.attn_implementation)
-    processor = AutoProcessor.from_pretrained(start_dir)
-    lora = stage == 2 and args.lora_r > 0
-    if lora:
-        apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
-    stage_args = args.for_stage(stage, stage_dir)
-    if data_args.streaming:
-        # Skipped images make batch sizes vary; each process then collates its own batches instead of the main
-        # process concatenating equal-sized ones.
-        stage_args.accelerator_config.dispatch_batches = False
-    collator = HiveCaptionCollator(processor, prompt=data_args.prompt, max_length=data_args.max_caption_length)
-    hub_callback = HiveHubCallback(run_dir=out) if stage_args.push_to_hub else None  # model code + HIVE card in pushes
-    trainer = HiveTrainer(
-        model=model, args=stage_args, train_dataset=train_data, data_collator=collator, stage=stage,
-        lr_multipliers=args.lr_multipliers, processing_class=processor,  # checkpoints carry the processor too
-        callbacks=[hub_callback] if hub_callback else None,
-    )
-    last = last_complete_checkpoint(stage_dir)
-    if last:
-        logger.warning(f"stage {stage}: resuming from {last}")
-    result = trainer.train(resume_from_checkpoint=last)
-    if lora:
-        merge_lora(trainer.model)
-    trainer.model.config.training_stage = stage
-    trainer.save_model(str(stage_dir))
-    if hub_callback is not None:
-        hub_callback.push_card(trainer)  # the Trainer's end-of-training push wrote its generic card: put HIVE's back
-    metrics = dict(result.metrics)
-    metrics["skipped_images"] = trainer.total_skipped_images()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [metrics["train_loss"]]
-    metrics.update(stage=stage, first_loss=losses[0], last_loss=losses[-1])
-    trainer.log_metrics(f"stage{stage}", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        plot_loss_curves({f"stage {stage}": trainer.state.log_history}, stage_dir / "loss_curve.png",
-                         title=f"HIVE stage {stage} ({model.config.fusion})")
-        marker.write_text(json.dumps({**metrics, "log_history": trainer.state.log_history}, indent=2))
-        if metrics["skipped_images"]:
-            logger.warning(f"stage {stage}: skipped {metrics['skipped_images']} unreadable images")
-    trainer.accelerator.wait_for_everyone()
-    return json.loads(marker.read_text())
-
-
 def main() -> None:
-    model_args, data_args, args = parse_args()
-    check_combinations(model_args, data_args, args)
-    # transformers at warning level (the Trainer's progress bars still show); hive_hf at info on the main process.
-    pylogging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    pylogging.getLogger("hive_hf").setLevel(pylogging.INFO if args.should_log else pylogging.WARNING)
-    transformers.utils.logging.set_verbosity_warning()
-    set_seed(args.seed)
-
-    out = Path(args.output_dir)
-    train_data = load_caption_dataset(
-        data_args.dataset, image_column=data_args.image_column, caption_column=data_args.caption_column,
-        split=data_args.train_split, streaming=data_args.streaming, max_samples=data_args.max_train_samples,
-        seed=args.seed,
-    )
+    # A mistake in the flags, a config file, the backbones' wiring or the data is reported in one line (exit 2) before
+    # anything is downloaded or trained; later errors keep their traceback.
+    with user_errors():
+        model_args, data_args, args = parse_args()
+        check_combinations(model_args, data_args, args)
+        setup_logging(args.should_log)
+        set_seed(args.seed)
+        check_wiring(model_args)
+        train_data = load_caption_dataset(
+            data_args.dataset, image_column=data_args.image_column, caption_column=data_args.caption_column,
+            split=data_args.train_split, streaming=data_args.streaming, max_samples=data_args.max_train_samples,
+            seed=args.seed,
+        )
+    layout = RunLayout(args.output_dir)
     with args.main_process_first(desc="building the starting model"):
-        start = build_start(model_args, data_args, args, train_data, out)
+        start = build_start(model_args, data_args, args, train_data, layout)
         if args.process_index == 0:  # what was run, readable without unpickling training_args.bin (no tokens)
             stage_fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(HivePretrainingArguments)
                             if f.name.startswith("stage") or f.name.startswith("lora_")}
             record = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), **stage_fields}
-            (out / "run_args.json").write_text(json.dumps(record, indent=2, default=str))
+            layout.run_args.write_text(json.dumps(record, indent=2, default=str))
 
-    summaries = {}
-    for stage in args.stages:
-        summaries[stage] = run_stage(stage, start, model_args, data_args, args, train_data, out)
-        start = out / f"stage{stage}"
+    hub = HiveHubCallback(run_dir=layout.root) if args.push_to_hub else None  # model code + HIVE card in pushes
+    run = StagedRun(
+        layout, args, HIVE_STAGES,
+        make_collator=partial(HiveCaptionCollator, prompt=data_args.prompt, max_length=data_args.max_caption_length),
+        model_kwargs={"attn_implementation": model_args.attn_implementation}, lr_multipliers=args.lr_multipliers,
+        callbacks=[hub] if hub else (),
+        after_save=hub.push_card if hub else None,  # the Trainer's end-of-training push wrote its generic card
+    )
+    summaries = run.run(start, train_data)
 
     if args.process_index == 0:
-        curves = plot_loss_curves(
-            {f"stage {s}": summaries[s]["log_history"] for s in args.stages}, out / "loss_curves.png",
-            title=f"HIVE pre-training ({model_args.fusion})",
-        )
         print("\nHIVE pre-training finished")
-        for s in args.stages:
-            m = summaries[s]
-            print(f"  stage {s}: loss {m['first_loss']:.3f} -> {m['last_loss']:.3f} in {m['train_runtime']:.1f}s "
-                  f"({m['skipped_images']} images skipped), checkpoint {out / f'stage{s}'}")
-        print(f"  loss curves: {curves}")
-        print(f"  final model: {out / f'stage{args.stages[-1]}'} (AutoModel.from_pretrained(..., "
+        print("\n".join(run.summary(summaries)))
+        print(f"  loss curves: {layout.loss_curves}")
+        print(f"  final model: {layout.stage_dir(args.stages[-1])} (AutoModel.from_pretrained(..., "
               "trust_remote_code=True) gives the encoder)")
 
 

@@ -26,17 +26,16 @@ an encoder-only HIVE release, a two-tower SigLIP/CLIP checkpoint or a vision-onl
 from __future__ import annotations
 
 import json
-import logging as pylogging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import HfArgumentParser, set_seed
 from transformers.utils import logging
 
+from hive_hf.data import check_source_exists
 from hive_hf.evaluation import (
     SYNTHETIC_DATASET,
     ProbeSettings,
@@ -46,7 +45,7 @@ from hive_hf.evaluation import (
     load_probe_datasets,
     run_probe,
 )
-from hive_hf.training.arguments import parse_json_or_flags
+from hive_hf.training.arguments import parse_json_or_flags, setup_logging, user_errors
 
 logger = logging.get_logger("hive_hf.run_probe")
 
@@ -142,26 +141,28 @@ def parse_args(argv: list[str] | None = None) -> tuple[EncoderArguments, DataArg
 
 
 def main() -> None:
-    encoder_args, data_args, settings, run_args = parse_args()
-    set_seed(settings.seeds[0])
-    pylogging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    pylogging.getLogger("hive_hf").setLevel(pylogging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
-    if run_args.torch_num_threads:
-        torch.set_num_threads(run_args.torch_num_threads)
-
     start = time.perf_counter()
-    # The synthetic set is drawn at the largest input size among the encoders; the processors resize for the rest.
-    image_size = settings.image_size or max(
-        encoder_image_size(e, **encoder_args.load_kwargs) for e in encoder_args.encoders
-    )
-    splits = load_probe_datasets(
-        data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column,
-        train_split=data_args.train_split, test_split=data_args.test_split,
-        validation_split=data_args.validation_split, dataset_config_name=data_args.dataset_config_name,
-        test_fraction=data_args.test_fraction, max_train_samples=data_args.max_train_samples,
-        max_test_samples=data_args.max_test_samples, image_size=image_size, seed=settings.split_seed,
-    )
+    # Mistakes in the flags, config file, encoder paths and data are reported in one line (exit 2) before any encoder
+    # runs; later errors keep their traceback.
+    with user_errors():
+        encoder_args, data_args, settings, run_args = parse_args()
+        set_seed(settings.seeds[0])
+        setup_logging()
+        if run_args.torch_num_threads:
+            torch.set_num_threads(run_args.torch_num_threads)
+        # Reading every encoder's config also finds a wrong path now. The synthetic set is drawn at the largest input
+        # size among the encoders; the processors resize for the rest.
+        for encoder in encoder_args.encoders:
+            check_source_exists(encoder, what="the encoder path")
+        sizes = [encoder_image_size(e, **encoder_args.load_kwargs) for e in encoder_args.encoders]
+        splits = load_probe_datasets(
+            data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column,
+            train_split=data_args.train_split, test_split=data_args.test_split,
+            validation_split=data_args.validation_split, dataset_config_name=data_args.dataset_config_name,
+            test_fraction=data_args.test_fraction, max_train_samples=data_args.max_train_samples,
+            max_test_samples=data_args.max_test_samples, image_size=settings.image_size or max(sizes),
+            seed=settings.split_seed,
+        )
     dataset_name = data_args.dataset_name or (
         "synthetic shapes" if data_args.dataset == SYNTHETIC_DATASET else data_args.dataset
     )

@@ -28,28 +28,27 @@ Run the same command again after a crash: finished stages are skipped, the inter
 from __future__ import annotations
 
 import json
-import logging as pylogging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
-import transformers
 from datasets import Dataset
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     HfArgumentParser,
-    LlavaForConditionalGeneration,
     Trainer,
-    TrainingArguments,
     set_seed,
 )
 from transformers.utils import logging
 
-from hive_hf.backbones import write_tiny_backbones
+from hive_hf.data import check_source_exists
 from hive_hf.evaluation.vlm import (
     IMAGE_TOKEN,
     VLM_STAGE_DEFAULTS,
+    VLM_STAGES,
     VQACollator,
     apply_vlm_lora,
     build_llava,
@@ -58,7 +57,6 @@ from hive_hf.evaluation.vlm import (
     merge_vlm_lora,
     question_prior_predictions,
     score_predictions,
-    set_vlm_training_stage,
 )
 from hive_hf.evaluation.vqa_data import (
     BENCHMARKS,
@@ -66,16 +64,11 @@ from hive_hf.evaluation.vqa_data import (
     load_vqa_benchmark,
     training_texts,
 )
-from hive_hf.training import HiveTrainer, last_complete_checkpoint
-from hive_hf.training.arguments import parse_json_or_flags, stage_training_args
+from hive_hf.tiny_backbones import write_tiny_backbones
+from hive_hf.training.arguments import StagedTrainingArguments, parse_json_or_flags, setup_logging, user_errors
+from hive_hf.training.staged_run import VLM_STAGE_MARKER, RunLayout, StagedRun
 
 logger = logging.get_logger("hive_hf.run_vlm_finetune")
-STAGE_MARKER = "vlm_stage.json"
-STAGES = (1, 2)
-
-
-def _stage_default(attr: str) -> list:
-    return [getattr(VLM_STAGE_DEFAULTS[s], attr) for s in STAGES]
 
 
 @dataclass
@@ -192,51 +185,43 @@ class DataArguments:
 
 
 @dataclass
-class VLMTrainingArguments(TrainingArguments):
-    stages: list[int] = field(default_factory=lambda: list(STAGES), metadata={"help": "Stages to run: 1, 2 or both."})
-    stage_batch_sizes: list[int] = field(
-        default_factory=lambda: _stage_default("batch_size"),
-        metadata={"help": "Global batch per stage (1 2); gradient accumulation makes up the difference."},
-    )
-    stage_epochs: list[float] = field(default_factory=lambda: _stage_default("epochs"), metadata={"help": "Epochs."})
-    stage_learning_rates: list[float] = field(
-        default_factory=lambda: _stage_default("learning_rate"), metadata={"help": "Peak learning rate per stage."}
-    )
-    stage_max_steps: list[int] = field(
-        default_factory=lambda: [-1, -1], metadata={"help": "Steps per stage; -1 runs the epochs instead."}
-    )
-    lora_r: int = field(default=0, metadata={"help": "Stage 2: LoRA rank for the LLM (0 trains it in full)."})
-    lora_alpha: int = field(default=32, metadata={"help": "Stage 2 LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Stage 2 LoRA dropout."})
+class VLMTrainingArguments(StagedTrainingArguments):
+    """LLaVA's two stages (`VLM_STAGE_DEFAULTS`) with its warmup ratio."""
+
+    STAGES = VLM_STAGES
+    STAGE_DEFAULTS = VLM_STAGE_DEFAULTS
+
     warmup_steps: float = field(default=0.03, metadata={"help": "Warmup steps, or a ratio below 1 (LLaVA: 0.03)."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "LLaVA decays with a cosine."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs the raw columns."})
 
     def __post_init__(self):
         super().__post_init__()
         if not self.do_train and not self.do_eval:
             raise ValueError("Nothing to do: pass --do_train (stages --stages) and/or --do_eval (--benchmark).")
-        if not self.stages or sorted(set(self.stages)) != list(self.stages) or not set(self.stages) <= set(STAGES):
-            raise ValueError(f"--stages must be distinct stages from 1 2 in order, got {self.stages}.")
-        for name in ("stage_batch_sizes", "stage_epochs", "stage_learning_rates", "stage_max_steps"):
-            if len(getattr(self, name)) != len(STAGES):
-                raise ValueError(f"--{name} takes one value per stage (1 2), got {getattr(self, name)}.")
-        if any(b < 1 for b in self.stage_batch_sizes):
-            raise ValueError(f"--stage_batch_sizes must be positive, got {self.stage_batch_sizes}.")
-        if self.lora_r and 2 not in self.stages:
-            raise ValueError(f"--lora_r {self.lora_r} applies to stage 2, which --stages {self.stages} does not run.")
-
-    def for_stage(self, stage: int, output_dir: Path) -> TrainingArguments:
-        """Plain `TrainingArguments` for one stage: its hyperparameters, its folder, its run name."""
-        i = stage - 1
-        return stage_training_args(
-            self, stage, output_dir, self.stage_batch_sizes[i], learning_rate=self.stage_learning_rates[i],
-            num_train_epochs=self.stage_epochs[i], max_steps=self.stage_max_steps[i],
-        )
 
 
 def parse_args() -> tuple[ModelArguments, DataArguments, VLMTrainingArguments]:
     return parse_json_or_flags(HfArgumentParser((ModelArguments, DataArguments, VLMTrainingArguments)))
+
+
+def check_combinations(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments) -> None:
+    """Reject what cannot work before any data is read, LLM pre-trained or model built: flags that do not go together,
+    files that are not there, checkpoints without a config."""
+    if model_args.tiny_text_backbone and not args.do_train:
+        raise ValueError("--tiny_text_backbone builds its vocabulary from the training data; pass --do_train.")
+    for prefix, used in (("train_", args.do_train), ("", args.do_eval)):
+        benchmark = getattr(data_args, f"{prefix}benchmark")
+        for name in ("questions_file", "annotations_file", "image_dir"):
+            value = getattr(data_args, prefix + name)
+            if not used or benchmark == "shapes" or value is None:
+                continue
+            if benchmark == "records" and name == "questions_file":
+                check_source_exists(value, what=f"--{prefix}{name}")  # records may also be a `datasets` name
+            elif not Path(value).expanduser().exists():
+                raise FileNotFoundError(f"--{prefix}{name} {value} does not exist")
+    for name in ("model_name_or_path", "vision_model_name_or_path", "text_model_name_or_path"):
+        if getattr(model_args, name) is not None:
+            check_source_exists(getattr(model_args, name), what=f"--{name}")
+            AutoConfig.from_pretrained(getattr(model_args, name))  # fails now, not after the data is loaded
 
 
 def load_data(data_args: DataArguments, args: VLMTrainingArguments) -> tuple[Dataset | None, Dataset | None]:
@@ -262,69 +247,27 @@ def load_data(data_args: DataArguments, args: VLMTrainingArguments) -> tuple[Dat
 
 
 def build_start(model_args: ModelArguments, data_args: DataArguments, args: VLMTrainingArguments,
-                train: Dataset | None, out: Path) -> Path:
+                train: Dataset | None, layout: RunLayout) -> Path:
     """The composed LLaVA model before stage 1, saved once to `<output_dir>/init` so a restart starts identically."""
     if model_args.model_name_or_path:
         return Path(model_args.model_name_or_path)
-    init_dir = out / "init"
-    if (init_dir / "config.json").exists() and (init_dir / "processor_config.json").exists():
-        return init_dir
-    text_path = model_args.text_model_name_or_path
-    if model_args.tiny_text_backbone:
-        if train is None:
-            raise ValueError("--tiny_text_backbone builds its vocabulary from the training data; pass --do_train.")
-        _, text_path = write_tiny_backbones(
-            out / "backbones", training_texts(train, data_args.prompt_template),
-            hidden_size=model_args.tiny_text_hidden_size, num_layers=model_args.tiny_text_layers, seed=args.seed,
-            text_pretrain_steps=model_args.tiny_text_pretrain_steps,
+
+    def build():
+        text_path = model_args.text_model_name_or_path
+        if model_args.tiny_text_backbone:  # with --do_train (check_combinations)
+            _, text_path = write_tiny_backbones(
+                layout.backbones_dir, training_texts(train, data_args.prompt_template),
+                hidden_size=model_args.tiny_text_hidden_size, num_layers=model_args.tiny_text_layers, seed=args.seed,
+                text_pretrain_steps=model_args.tiny_text_pretrain_steps,
+            )
+        set_seed(args.seed)  # the projector's initialisation
+        return build_llava(
+            model_args.vision_model_name_or_path, text_path,
+            image_processor_name_or_path=model_args.image_processor_name_or_path,
+            vision_feature_select_strategy=model_args.vision_feature_select_strategy,
         )
-    set_seed(args.seed)  # the projector's initialisation
-    model, processor = build_llava(
-        model_args.vision_model_name_or_path, text_path,
-        image_processor_name_or_path=model_args.image_processor_name_or_path,
-        vision_feature_select_strategy=model_args.vision_feature_select_strategy,
-    )
-    model.save_pretrained(init_dir)
-    processor.save_pretrained(init_dir)
-    return init_dir
 
-
-def run_stage(stage: int, start_dir: Path, model_args: ModelArguments, data_args: DataArguments,
-              args: VLMTrainingArguments, train: Dataset, out: Path) -> dict:
-    stage_dir = out / f"stage{stage}"
-    marker = stage_dir / STAGE_MARKER
-    if marker.exists():
-        logger.warning(f"stage {stage} already finished ({marker}); skipping it")
-        return json.loads(marker.read_text())
-
-    model = LlavaForConditionalGeneration.from_pretrained(start_dir, attn_implementation=model_args.attn_implementation)
-    processor = AutoProcessor.from_pretrained(start_dir)
-    lora = stage == 2 and args.lora_r > 0
-    if lora:
-        apply_vlm_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
-    trainer = HiveTrainer(
-        model=model, args=args.for_stage(stage, stage_dir), train_dataset=train,
-        data_collator=VQACollator(processor, data_args.prompt_template), stage=stage,
-        stage_setter=set_vlm_training_stage, processing_class=processor,  # checkpoints carry the processor too
-    )
-    last = last_complete_checkpoint(stage_dir)
-    if last:
-        logger.warning(f"stage {stage}: resuming from {last}")
-    result = trainer.train(resume_from_checkpoint=last)
-    if lora:
-        merge_vlm_lora(trainer.model)
-    trainer.save_model(str(stage_dir))
-    metrics = dict(result.metrics)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [metrics["train_loss"]]
-    metrics.update(stage=stage, first_loss=losses[0], last_loss=losses[-1],
-                   skipped_images=trainer.total_skipped_images())
-    trainer.log_metrics(f"stage{stage}", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        marker.write_text(json.dumps(metrics, indent=2))
-    trainer.accelerator.wait_for_everyone()
-    return json.loads(marker.read_text())
+    return layout.write_init(build)
 
 
 def _flatten(results: dict[str, dict], prefix: str = "") -> dict[str, float]:
@@ -365,34 +308,38 @@ def run_evaluation(model_dir: Path, data_args: DataArguments, args: VLMTrainingA
 
 
 def main() -> None:
-    model_args, data_args, args = parse_args()
-    set_seed(args.seed)
-    pylogging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    pylogging.getLogger("hive_hf").setLevel(pylogging.INFO if args.should_log else pylogging.WARNING)
-    transformers.utils.logging.set_verbosity_warning()
+    # Mistakes in the flags, config file, paths and data are reported in one line (exit 2) before anything is built
+    # or trained; later errors keep their traceback.
+    with user_errors():
+        model_args, data_args, args = parse_args()
+        set_seed(args.seed)
+        setup_logging(args.should_log)
+        check_combinations(model_args, data_args, args)
+        train, evaluation = load_data(data_args, args)
 
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train, evaluation = load_data(data_args, args)
+    layout = RunLayout(args.output_dir, marker=VLM_STAGE_MARKER)
+    layout.root.mkdir(parents=True, exist_ok=True)
     with args.main_process_first(desc="building the starting model"):
-        start = build_start(model_args, data_args, args, train, out)
+        start = build_start(model_args, data_args, args, train, layout)
 
     summaries = {}
     if args.do_train:
-        for stage in args.stages:
-            summaries[stage] = run_stage(stage, start, model_args, data_args, args, train, out)
-            start = out / f"stage{stage}"
+        run = StagedRun(
+            layout, args, VLM_STAGES, make_collator=partial(VQACollator, template=data_args.prompt_template),
+            model_kwargs={"attn_implementation": model_args.attn_implementation},
+            apply_lora=apply_vlm_lora, merge_lora=merge_vlm_lora,
+        )
+        summaries = run.run(start, train)
+        start = layout.stage_dir(args.stages[-1])
 
     if args.process_index == 0:
         if summaries:
             print("\nLLaVA fine-tuning finished")
-        for stage, m in summaries.items():
-            print(f"  stage {stage}: loss {m['first_loss']:.3f} -> {m['last_loss']:.3f} in {m['train_runtime']:.1f}s "
-                  f"({m['skipped_images']} images skipped), checkpoint {out / f'stage{stage}'}")
+            print("\n".join(run.summary(summaries)))
         if args.do_eval:
-            table = run_evaluation(start, data_args, args, train, evaluation, out)
+            table = run_evaluation(start, data_args, args, train, evaluation, layout.root)
             print(f"\n{data_args.benchmark} ({len(evaluation)} questions), model {start}:\n{table}")
-            print(f"  predictions: {out / 'predictions.jsonl'}, scores: {out / 'eval_results.json'}")
+            print(f"  predictions: {layout.root / 'predictions.jsonl'}, scores: {layout.root / 'eval_results.json'}")
 
 
 if __name__ == "__main__":

@@ -516,6 +516,20 @@ class HiveVisionEncoderModel(HivePreTrainedModel):
         return copy.deepcopy(self.vision_tower)
 
 
+def load_vision_tower(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
+    """The stock transformers vision model behind `name_or_path` (folder or Hub id): a HIVE checkpoint (full or
+    encoder-only) through `HiveVisionEncoderModel.to_base_model()`, the vision half of a two-tower checkpoint (SigLIP,
+    CLIP), or a vision model as is. `kwargs` go to every `from_pretrained` (e.g. `revision`, `trust_remote_code`)."""
+    config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    # By model type rather than class: with trust_remote_code the config class is the checkpoint's own copy.
+    if config.model_type == HiveConfig.model_type:
+        return HiveVisionEncoderModel.from_pretrained(name_or_path, **kwargs).to_base_model()
+    # A two-tower checkpoint keeps its vision weights under `vision_model.`, where the vision-only class expects them,
+    # so the text tower is never loaded.
+    vision_config = getattr(config, "vision_config", config)
+    return AutoModel._model_mapping[type(vision_config)].from_pretrained(name_or_path, **kwargs)
+
+
 class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
     """Vision encoder + one projector per tapped layer + a Llama-family causal LM with HIVE fusion injected."""
 
@@ -585,15 +599,12 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         """Compose a HIVE model from a pretrained vision checkpoint and a pretrained causal LM (local folder or Hub
         id), keeping both sets of weights exactly. The connector is newly initialised.
 
-        A two-tower checkpoint (SigLIP, CLIP) contributes its vision tower. `vision_kwargs` / `text_kwargs` go to the
+        The vision side is anything `load_vision_tower` reads: a stock tower, the vision half of a two-tower
+        checkpoint (SigLIP, CLIP) or a HIVE checkpoint's encoder. `vision_kwargs` / `text_kwargs` go to the
         respective `from_pretrained` (e.g. `revision`); `config_kwargs` to `HiveConfig` (e.g. `fusion="gated"`).
         """
-        vision_kwargs, text_kwargs = dict(vision_kwargs or {}), dict(text_kwargs or {})
-        loaded_config = AutoConfig.from_pretrained(vision_name_or_path, **vision_kwargs)
-        vision_config = getattr(loaded_config, "vision_config", loaded_config)
-        vision_cls = AutoModel._model_mapping[type(vision_config)]
-        vision = vision_cls.from_pretrained(vision_name_or_path, **vision_kwargs)
-        llm = AutoModelForCausalLM.from_pretrained(text_name_or_path, **text_kwargs)
+        vision = load_vision_tower(vision_name_or_path, **(vision_kwargs or {}))
+        llm = AutoModelForCausalLM.from_pretrained(text_name_or_path, **(text_kwargs or {}))
 
         config = HiveConfig(vision_config=vision.config, text_config=llm.config, **config_kwargs)
         model = cls(config)
@@ -1012,4 +1023,4 @@ def _position_ids(attention_mask: torch.Tensor | None, position_ids: torch.Tenso
     return positions[:, -seq_len:]
 
 
-__all__ = ["HivePreTrainedModel", "HiveVisionEncoderModel", "HiveForConditionalGeneration"]
+__all__ = ["HivePreTrainedModel", "HiveVisionEncoderModel", "HiveForConditionalGeneration", "load_vision_tower"]

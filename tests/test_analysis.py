@@ -24,8 +24,8 @@ from hive_hf.analysis import (
 from hive_hf.analysis import attention_maps as attention_maps_cli
 from hive_hf.analysis import gradient_flow as gradient_flow_cli
 from hive_hf.analysis.attention_maps import _entropy_and_spread
-from hive_hf.backbones import build_word_tokenizer
 from hive_hf.data.synthetic import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, shapes_caption
+from hive_hf.tiny_backbones import build_word_tokenizer
 
 
 def eager(**kwargs) -> HiveForConditionalGeneration:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-import pickle
 import tarfile
 from pathlib import Path
 
@@ -23,12 +21,10 @@ from hive_hf.data import (
     NUMBER_WORDS,
     POSITIONS,
     SHAPES,
-    SkipCounter,
+    check_source_exists,
     decode_image,
-    iter_decoded,
     load_caption_dataset,
     make_shapes_dataset,
-    normalize_caption,
     shapes_caption,
 )
 
@@ -212,7 +208,7 @@ def test_synthetic_rejects_bad_arguments(kwargs: dict, field: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# decode_image / SkipCounter / iter_decoded
+# decode_image
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -270,46 +266,6 @@ def test_decode_image_rejects_non_image_types() -> None:
         decode_image(12)
 
 
-def test_normalize_caption() -> None:
-    assert normalize_caption("  a cat. ") == "a cat."
-    assert normalize_caption(["", " ", "first", "second"]) == "first"
-    for value in (None, "", "   ", [], 3):
-        assert normalize_caption(value) is None
-
-
-def test_skip_counter_counts_pickles_and_logs(caplog: pytest.LogCaptureFixture) -> None:
-    counter = SkipCounter()
-    counter.add(2, seen=10).add()
-    assert (counter.skipped, counter.seen) == (3, 10)
-    # DataLoader workers receive pickled copies: the state must survive the round trip.
-    clone = pickle.loads(pickle.dumps(counter))
-    assert (clone.skipped, clone.seen) == (3, 10)
-    clone.add(5)
-    assert counter.skipped == 3  # a copy, not a shared object
-    with pytest.raises(ValueError):
-        counter.add(-1)
-    with caplog.at_level(logging.INFO, logger="hive_hf.data.captions"):
-        message = counter.log_summary()
-    assert "3" in message and "10" in message
-    assert any(record.levelno == logging.WARNING and "Skipped 3" in record.getMessage() for record in caplog.records)
-    assert SkipCounter().summary() == "Skipped 0 image-caption rows."
-
-
-def test_iter_decoded_skips_and_counts_bad_rows() -> None:
-    rows = [
-        {"image": {"bytes": _encoded(_solid(0)), "path": None}, "caption": "good"},
-        {"image": {"bytes": CORRUPT, "path": None}, "caption": "corrupt"},
-        {"image": {"bytes": _encoded(_solid(1)), "path": None}, "caption": "   "},
-        {"image": None, "caption": "missing"},
-        {"image": _solid(3), "caption": ["first caption", "second"]},
-    ]
-    counter = SkipCounter()
-    out = list(iter_decoded(rows, counter))
-    assert [row["caption"] for row in out] == ["good", "first caption"]
-    assert all(row["image"].mode == "RGB" for row in out)
-    assert (counter.skipped, counter.seen) == (3, 5)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # load_caption_dataset
 # --------------------------------------------------------------------------------------------------------------------
@@ -344,6 +300,16 @@ def test_load_synthetic() -> None:
         load_caption_dataset("synthetic", max_samples=0)
 
 
+def test_a_missing_local_path_says_it_does_not_exist(tmp_path: Path) -> None:
+    for source in (str(tmp_path / "none"), "./no/such/folder", "~/no-such-hive-data", "data/for/hive.tar"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            load_caption_dataset(source)
+    check_source_exists("someone/some-dataset")  # a Hub id: left to datasets
+    check_source_exists("parquet")  # a builder name
+    with pytest.raises(FileNotFoundError, match="--encoder 'missing/x/y' does not exist"):
+        check_source_exists("missing/x/y", what="--encoder")
+
+
 def _check_folder_rows(rows: list[dict]) -> None:
     """Rows of a folder made by _make_imagefolder: 3 good images decode to their pixels, the 2 bad ones to None."""
     by_caption = {row["caption"]: decode_image(row["image"]) for row in rows}
@@ -354,9 +320,6 @@ def _check_folder_rows(rows: list[dict]) -> None:
         assert image is not None and image.mode == "RGB" and image.getpixel((3, 3)) == _solid(i).getpixel((3, 3))
     assert by_caption["a corrupt file"] is None
     assert by_caption["a truncated file"] is None
-    counter = SkipCounter()
-    assert len(list(iter_decoded(rows, counter))) == 3
-    assert (counter.skipped, counter.seen) == (2, 5)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, SiglipImageProcessorPil, pipeline
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor, HiveVisionEncoderModel
-from hive_hf.backbones import build_word_tokenizer
 from hive_hf.modeling_hive import CACHE_NAME, CHECKPOINTING
+from hive_hf.tiny_backbones import build_word_tokenizer
 
 ATOL = 1e-5
 WORDS = ["two red circles in the top left .", "one blue square ."]

@@ -2,7 +2,6 @@
 a separable toy problem with the encoder untouched, feature caching, seed statistics, the table, bad flags, the
 script end to end."""
 
-import importlib.util
 import io
 import json
 import os
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scripts import load_script, user_error
 from tiny import VISION, tiny_config
 from transformers import (
     CLIPConfig,
@@ -28,7 +28,6 @@ from transformers import (
 )
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor
-from hive_hf.backbones import build_word_tokenizer, write_tiny_backbones
 from hive_hf.evaluation import (
     ProbeAugmentation,
     ProbeSettings,
@@ -40,6 +39,7 @@ from hive_hf.evaluation import (
     summarize_seeds,
 )
 from hive_hf.evaluation import probe as probe_module
+from hive_hf.tiny_backbones import build_word_tokenizer, write_tiny_backbones
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_probe.py"
@@ -225,14 +225,6 @@ def test_bad_settings_are_rejected_with_the_flag_named(kwargs, message):
         ProbeSettings(**kwargs)
 
 
-def _script_module():
-    if "run_probe_script" not in sys.modules:  # dataclasses look their module up in sys.modules
-        spec = importlib.util.spec_from_file_location("run_probe_script", SCRIPT)
-        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[spec.name])
-    return sys.modules["run_probe_script"]
-
-
 @pytest.mark.parametrize("argv, message", [
     ([], "--encoders takes one or more"),
     (["--encoders", "a", "b", "--encoder_names", "x"], "--encoder_names must give one distinct name"),
@@ -244,14 +236,37 @@ def _script_module():
 ])
 def test_script_rejects_bad_flag_combinations(argv, message):
     with pytest.raises(ValueError, match=message):
-        _script_module().parse_args(argv)
+        load_script("run_probe").parse_args(argv)
+
+
+@pytest.mark.parametrize("mistake", ["missing_dataset", "missing_encoder", "label_column", "json"])
+def test_script_user_errors_print_one_argparse_line_before_any_work(mistake, encoders, tmp_path, monkeypatch,
+                                                                     capsys):
+    stock = encoders["stock"][0]
+    folder = tmp_path / "pets"
+    for split in ("train", "test"):
+        (folder / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (12, 12), (200, 0, 0)).save(folder / split / "cat" / "0.png")
+    argv, words = {
+        "missing_dataset": (["--encoders", stock, "--dataset", tmp_path / "no" / "pets"], ["does not exist", "no/pets"]),
+        "missing_encoder": (["--encoders", stock, tmp_path / "no_encoder"], ["no_encoder"]),
+        "label_column": (["--encoders", stock, "--dataset", folder, "--label_column", "breed"], ["'breed'",
+                                                                                                 "--label_column"]),
+        "json": ([tmp_path / "probe.json"], ["probe.json", "not valid JSON"]),
+    }[mistake]
+    (tmp_path / "probe.json").write_text("encoders: [a]")
+    out = tmp_path / "out"
+    message = user_error("run_probe", [*argv, "--output_dir", out], monkeypatch, capsys)
+    for word in words:
+        assert word in message, (word, message)
+    assert not out.exists()
 
 
 def test_script_takes_one_json_file_with_flags_overriding_it(tmp_path):
     config = tmp_path / "probe.json"
     config.write_text(json.dumps({"encoders": ["a", "b"], "probe": "linear", "augment": False, "epochs": 5,
                                   "learning_rates": [0.1, 0.01]}))
-    encoder_args, data_args, settings, run_args = _script_module().parse_args([str(config), "--epochs", "7"])
+    encoder_args, data_args, settings, run_args = load_script("run_probe").parse_args([str(config), "--epochs", "7"])
     assert encoder_args.encoders == ["a", "b"] and data_args.dataset == "synthetic"
     assert (settings.probe, settings.augment, settings.epochs, settings.learning_rates) == ("linear", False, 7,
                                                                                             [0.1, 0.01])

@@ -7,7 +7,7 @@ from tiny import tiny_config
 from transformers import AutoProcessor, SiglipImageProcessorPil
 
 from hive_hf import HiveProcessor
-from hive_hf.backbones import build_word_tokenizer
+from hive_hf.tiny_backbones import build_word_tokenizer
 
 CAPTIONS = ["two red circles in the top left.", "one blue square in the center of the picture right now."]
 

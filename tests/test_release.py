@@ -25,13 +25,11 @@ from tiny import tiny_model
 from transformers import AutoProcessor, AutoTokenizer, SiglipImageProcessorPil, TrainingArguments
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor, HiveVisionEncoderModel
-from hive_hf.backbones import build_word_tokenizer, write_tiny_backbones
 from hive_hf.compat import AutoImageProcessor
 from hive_hf.data import make_shapes_dataset
 from hive_hf.modeling_hive import STAGE_COMPONENTS, parameter_component
 from hive_hf.release import (
     CardOptions,
-    HiveHubCallback,
     StageRecord,
     as_hub_id,
     load_training_args,
@@ -40,7 +38,9 @@ from hive_hf.release import (
     results_markdown,
     results_table,
 )
+from hive_hf.tiny_backbones import build_word_tokenizer, write_tiny_backbones
 from hive_hf.training import HiveCaptionCollator, HiveTrainer
+from hive_hf.training.hub import HiveHubCallback
 
 VISION_ID, TEXT_ID = "hive-test/tiny-siglip", "hive-test/tiny-llama"  # the backbones, as if taken from the Hub
 CAPTION = "two red circles."
@@ -365,7 +365,7 @@ def test_release_dry_run_writes_the_exact_folders_and_valid_cards(run_dir, tmp_p
         def __init__(self, *args, **kwargs):
             raise AssertionError("a dry run must not talk to the Hub")
 
-    monkeypatch.setattr("hive_hf.release.HfApi", NoHub)
+    monkeypatch.setattr("hive_hf.release.hub.HfApi", NoHub)
     out_dir = tmp_path / "dry"
     code = main([str(run_dir), "me/hive-tiny", "--stock_encoder_repo", "me/hive-tiny-siglip", "--dry-run",
                  "--dry_run_dir", str(out_dir), "--license", "apache-2.0", "--dataset", "hive-test/shapes"])

@@ -13,7 +13,7 @@ from tiny import FUSIONS, set_gates, tiny_inputs, tiny_model
 from transformers import SiglipImageProcessorPil
 
 from hive_hf import HiveProcessor
-from hive_hf.backbones import build_word_tokenizer
+from hive_hf.tiny_backbones import build_word_tokenizer
 
 LOADER = textwrap.dedent(
     """

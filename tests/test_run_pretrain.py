@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripts import load_script, user_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_pretrain.py"
@@ -86,17 +87,6 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     assert json.loads((out / "stage3" / "hive_stage.json").read_text())["stage"] == 3
 
 
-def _load_script():
-    import importlib.util
-
-    if "run_pretrain" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("run_pretrain", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["run_pretrain"] = module  # dataclasses resolve string annotations through sys.modules
-        spec.loader.exec_module(module)
-    return sys.modules["run_pretrain"]
-
-
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -111,7 +101,7 @@ def _load_script():
     ],
 )
 def test_bad_flag_combinations_are_rejected_naming_the_flags(args, words, tmp_path, monkeypatch):
-    script = _load_script()
+    script = load_script("run_pretrain")
     monkeypatch.setattr(sys, "argv", ["run_pretrain.py", "--output_dir", str(tmp_path / "run"), *args])
     with pytest.raises(ValueError) as err:
         script.check_combinations(*script.parse_args())
@@ -121,8 +111,56 @@ def test_bad_flag_combinations_are_rejected_naming_the_flags(args, words, tmp_pa
 
 def test_a_bad_combination_stops_the_script_before_any_work(tmp_path):
     proc = run(["--output_dir", tmp_path / "run", "--tiny_backbones", "True", "--streaming", "True"], timeout=120)
-    assert proc.returncode != 0 and "--stage_max_steps" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("run_pretrain.py: error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith("run_pretrain.py: error: --streaming has no length") and "--stage_max_steps" in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def _captioned_folder(folder: Path, n: int = 4) -> Path:
+    """An imagefolder of `n` synthetic pictures whose captions are in a column named `text`."""
+    from hive_hf.data import make_shapes_dataset
+
+    folder.mkdir()
+    with open(folder / "metadata.jsonl", "w") as f:
+        for i, row in enumerate(make_shapes_dataset(n, image_size=32)):
+            row["image"].save(folder / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": row["caption"]}) + "\n")
+    return folder
+
+
+TINY = ["--tiny_backbones", "True", "--tiny_text_pretrain_steps", "1", "--tiny_vision_pretrain_steps", "1",
+        "--stage_max_steps", "1", "1", "1", "--use_cpu", "True", "--report_to", "none"]
+
+
+@pytest.mark.parametrize("mistake", ["stages", "missing_dataset", "caption_column", "tap_too_deep", "json"])
+def test_user_errors_print_one_argparse_line_before_any_work(mistake, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv, words = {
+        "stages": ([*TINY, "--stages", "4"], ["--stages", "[4]"]),
+        "missing_dataset": ([*TINY, "--dataset", tmp_path / "no" / "such"], ["does not exist", "no/such"]),
+        "caption_column": ([*TINY, "--dataset", _captioned_folder(tmp_path / "pics"), "--streaming", "True",
+                            "--caption_column", "caption_text"], ["--caption_column", "'caption_text'", "'text'"]),
+        "tap_too_deep": ([*TINY, "--vision_feature_layers", "2", "9"], ["vision_feature_layers", "[0, 4]", "[9]"]),
+        "json": ([tmp_path / "c.json"], ["c.json", "not valid JSON"]),
+    }[mistake]
+    (tmp_path / "c.json").write_text('{"tiny_backbones": true,}')
+    message = user_error("run_pretrain", [*argv, "--output_dir", out], monkeypatch, capsys)
+    for word in words:
+        assert word in message, (word, message)
+    assert not out.exists()  # checked before any backbone was written or trained
+
+
+def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch):
+    script = load_script("run_pretrain")
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug, not a user's mistake")
+
+    monkeypatch.setattr(script, "load_caption_dataset", broken)
+    monkeypatch.setattr(sys, "argv", ["run_pretrain.py", *TINY, "--output_dir", str(tmp_path / "run")])
+    with pytest.raises(TypeError, match="a bug"):
+        script.main()
 
 
 def test_json_file_with_overriding_flags(tmp_path):

@@ -1,7 +1,6 @@
 """LLaVA-style VLM fine-tuning of a vision encoder: composition, stages, data adapters, evaluation, the script."""
 
 import copy
-import importlib.util
 import io
 import json
 import subprocess
@@ -12,6 +11,7 @@ import datasets
 import PIL.Image
 import pytest
 import torch
+from scripts import load_script, user_error
 from tiny import VISION, tiny_model
 from transformers import (
     AutoConfig,
@@ -28,7 +28,6 @@ from transformers import (
 )
 
 import hive_hf  # noqa: F401  (registers the HIVE auto classes)
-from hive_hf.backbones import write_tiny_backbones
 from hive_hf.data import make_shapes_dataset
 from hive_hf.evaluation.vlm import (
     VQACollator,
@@ -37,6 +36,7 @@ from hive_hf.evaluation.vlm import (
     compose_llava,
     format_results_table,
     generate_answers,
+    llava_parameter_component,
     merge_vlm_lora,
     question_prior_predictions,
     score_predictions,
@@ -55,7 +55,8 @@ from hive_hf.evaluation.vqa_data import (
     training_answer,
     training_texts,
 )
-from hive_hf.training import HiveStageCallback, HiveTrainer, build_param_groups, model_component
+from hive_hf.tiny_backbones import write_tiny_backbones
+from hive_hf.training import HiveStageCallback, HiveTrainer, build_param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def snapshot(model):
 
 def changed(before, model, component):
     after = dict(model.named_parameters())
-    return {n: not torch.equal(before[n], after[n]) for n in before if model_component(n) == component}
+    return {n: not torch.equal(before[n], after[n]) for n in before if llava_parameter_component(n) == component}
 
 
 def train_args(tmp_path, **kwargs):
@@ -112,7 +113,8 @@ def train_args(tmp_path, **kwargs):
 
 def vlm_trainer(model, processor, data, tmp_path, stage, **kwargs):
     return HiveTrainer(model=model, args=train_args(tmp_path, **kwargs), train_dataset=data,
-                       data_collator=VQACollator(processor), stage=stage, stage_setter=set_vlm_training_stage)
+                       data_collator=VQACollator(processor), stage=stage, stage_setter=set_vlm_training_stage,
+                       component_rule=llava_parameter_component)
 
 
 def png(color=(200, 30, 30), size=16) -> bytes:
@@ -204,16 +206,16 @@ def test_saved_model_loads_with_plain_transformers_and_equal_logits(built, eval_
 # -- stages -----------------------------------------------------------------------------------------------------------
 def test_stage_setter_and_parameter_components_for_llava(built):
     model, _ = fresh(built)
-    components = {model_component(n) for n, _ in model.named_parameters()}
+    components = {llava_parameter_component(n) for n, _ in model.named_parameters()}
     assert components == {"vision", "projector", "llm"}
-    assert model_component("lm_head.weight") == "llm"
-    assert model_component("model.multi_modal_projector.linear_1.weight") == "projector"
+    assert llava_parameter_component("lm_head.weight") == "llm"
+    assert llava_parameter_component("model.multi_modal_projector.linear_1.weight") == "projector"
     counts = set_vlm_training_stage(model, 1)
     assert counts["projector"]["trainable"] == counts["projector"]["total"] > 0
     assert counts["vision"]["trainable"] == counts["llm"]["trainable"] == 0
     counts = set_vlm_training_stage(model, 2)
     assert counts["llm"]["trainable"] == counts["llm"]["total"] and counts["vision"]["trainable"] == 0
-    groups = build_param_groups(model, 0.0, 1e-3, {"projector": 10.0})
+    groups = build_param_groups(model, 0.0, 1e-3, {"projector": 10.0}, llava_parameter_component)
     assert {g["component"] for g in groups} == {"projector", "llm"}
     assert all(g["lr"] == pytest.approx(1e-2 if g["component"] == "projector" else 1e-3) for g in groups)
     with pytest.raises(ValueError, match="stages 1 .* and 2"):
@@ -248,7 +250,7 @@ def test_stage_2_with_lora_trains_adapters_only_and_merges_back(built, train_dat
     before = snapshot(model)
     apply_vlm_lora(model, r=2, alpha=4, dropout=0.0)
     set_vlm_training_stage(model, 2)
-    trainable_llm = [n for n, p in model.named_parameters() if p.requires_grad and model_component(n) == "llm"]
+    trainable_llm = [n for n, p in model.named_parameters() if p.requires_grad and llava_parameter_component(n) == "llm"]
     assert trainable_llm and all("lora_" in n for n in trainable_llm)
     vlm_trainer(model, processor, train_data, tmp_path, stage=2).train()
     merge_vlm_lora(model)
@@ -432,16 +434,8 @@ def test_generation_and_scoring_end_to_end_on_the_embedded_data(built, train_dat
 
 
 # -- the script -------------------------------------------------------------------------------------------------------
-def _script():
-    spec = importlib.util.spec_from_file_location("run_vlm_finetune", ROOT / "examples" / "run_vlm_finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their string annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_rejects_bad_flag_combinations(tmp_path):
-    script = _script()
+    script = load_script("run_vlm_finetune")
     with pytest.raises(ValueError, match="exactly one model source"):
         script.ModelArguments()
     with pytest.raises(ValueError, match="--text_model_name_or_path"):
@@ -456,6 +450,30 @@ def test_script_rejects_bad_flag_combinations(tmp_path):
         script.VLMTrainingArguments(output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="--lora_r 4 applies to stage 2"):
         script.VLMTrainingArguments(output_dir=str(tmp_path), do_train=True, stages=[1], lora_r=4)
+
+
+@pytest.mark.parametrize("mistake", ["stages", "missing_questions", "missing_vision", "tiny_without_train", "json"])
+def test_script_user_errors_print_one_argparse_line_before_any_work(mistake, backbones, tmp_path, monkeypatch,
+                                                                     capsys):
+    out = tmp_path / "run"
+    composed = ["--vision_model_name_or_path", backbones["hive"], "--text_model_name_or_path", backbones["text"]]
+    argv, words = {
+        "stages": ([*composed, "--do_train", "--stages", "3"], ["--stages", "1 2", "[3]"]),
+        "missing_questions": ([*composed, "--do_train", "--train_benchmark", "gqa", "--train_questions_file",
+                               tmp_path / "q.json", "--train_image_dir", tmp_path], ["--train_questions_file",
+                                                                                   "does not exist"]),
+        "missing_vision": (["--vision_model_name_or_path", tmp_path / "nothing", "--tiny_text_backbone", "--do_train"],
+                           ["nothing"]),
+        "tiny_without_train": (["--vision_model_name_or_path", backbones["hive"], "--tiny_text_backbone",
+                                "--do_eval"], ["--tiny_text_backbone", "--do_train"]),
+        "json": ([tmp_path / "vlm.json"], ["vlm.json", "not valid JSON"]),
+    }[mistake]
+    (tmp_path / "vlm.json").write_text('{"do_train": true')
+    message = user_error("run_vlm_finetune", [*argv, "--output_dir", out, "--use_cpu", "--report_to", "none"],
+                         monkeypatch, capsys)
+    for word in words:
+        assert word in message, (word, message)
+    assert not out.exists()
 
 
 PLAIN_LOADER = """

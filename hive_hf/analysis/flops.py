@@ -197,7 +197,7 @@ def floor_step(model: HiveForConditionalGeneration, batch: dict[str, torch.Tenso
     """The work every fusion has to do: the encoder up to the deepest tapped layer (backward too when it trains)
     and the LLM on the text alone (backward only when it trains)."""
     model.zero_grad(set_to_none=True)
-    features = model._vision_features(batch["pixel_values"].to(model.dtype))
+    features = encoder_features(model, batch["pixel_values"])
     loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss  # no image: the plain LLM
     if features[0].requires_grad:  # stage 3: a zero-weighted use of the features, so the encoder backward runs
         loss = loss + 0.0 * sum(f.sum() for f in features)
@@ -207,6 +207,12 @@ def floor_step(model: HiveForConditionalGeneration, batch: dict[str, torch.Tenso
 
 def encoder_is_trainable(model: HiveForConditionalGeneration) -> bool:
     return any(p.requires_grad for p in model.vision_model.parameters())
+
+
+def encoder_features(model: HiveForConditionalGeneration, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tapped encoder layers as a training step computes them: with autograd only when the encoder trains."""
+    with torch.set_grad_enabled(torch.is_grad_enabled() and encoder_is_trainable(model)):
+        return model.vision_model.hierarchical_features(pixel_values)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -287,66 +293,52 @@ def _counting(into: list[int]) -> Iterator[None]:
     into.append(counter.get_total_flops())
 
 
-@contextlib.contextmanager
-def _precomputed_features(model: HiveForConditionalGeneration, features: tuple[torch.Tensor, ...]) -> Iterator[None]:
-    """Make the model take `features` instead of running its encoder, so that the LLM side is counted on its own.
-
-    An instance attribute shadows the method for the duration (and is removed after), leaving the model's own
-    code path (projectors, image keys/values, fusion) otherwise untouched.
-    """
-    model._vision_features = lambda pixel_values: features
-    try:
-        yield
-    finally:
-        del model._vision_features
-
-
-def _encoder_backward(features: tuple[torch.Tensor, ...], grads: list[torch.Tensor | None]) -> None:
-    pairs = [(f, g if g is not None else torch.zeros_like(f)) for f, g in zip(features, grads) if f.requires_grad]
-    if pairs:
-        torch.autograd.backward([f for f, _ in pairs], [g for _, g in pairs])
+def _count_encoder(model: HiveForConditionalGeneration, pixel_values: torch.Tensor) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the encoder up to the deepest tap; backward only when it trains. FLOPs depend on
+    shapes alone, so the backward is fed zeros shaped like the gradient a step sends into the features."""
+    counts: list[int] = []
+    with _counting(counts):
+        features = encoder_features(model, pixel_values)
+    with _counting(counts):
+        trained = [f for f in features if f.requires_grad]
+        if trained:
+            torch.autograd.backward(trained, [torch.zeros_like(f) for f in trained])
+    model.zero_grad(set_to_none=True)
+    return counts[0], counts[1]
 
 
 def count_training_step(model: HiveForConditionalGeneration, batch: dict[str, torch.Tensor]) -> StepFlops:
     """FLOPs of `training_step(model, batch)` with the model's current trainable set, split into encoder and LLM side.
 
-    The step is run in three counted pieces joined by the encoder's features, which is what the single step does:
-    the encoder forward; the LLM side's forward and backward from (detached) features; the encoder backward fed
-    with the gradient that reached the features (stage 3 only).
+    The whole step is counted (forward, then backward), and so is the encoder on its own; the LLM side is the
+    difference: everything after the encoder's features, i.e. projectors, image keys/values, fusion, LLM and head.
     """
     model.zero_grad(set_to_none=True)
+    encoder_forward, encoder_backward = _count_encoder(model, batch["pixel_values"])
     counts: list[int] = []
     with _counting(counts):
-        features = model._vision_features(batch["pixel_values"].to(model.dtype))
-    detached = tuple(f.detach().requires_grad_(f.requires_grad) for f in features)
-    with _precomputed_features(model, detached):
-        with _counting(counts):
-            loss = step_loss(model, batch)
-        with _counting(counts):
-            if loss.requires_grad:
-                loss.backward()
+        loss = step_loss(model, batch)
     with _counting(counts):
-        _encoder_backward(features, [d.grad for d in detached])
+        if loss.requires_grad:
+            loss.backward()
     model.zero_grad(set_to_none=True)
-    encoder_forward, llm_forward, llm_backward, encoder_backward = counts
-    return StepFlops(encoder_forward, encoder_backward, llm_forward, llm_backward)
+    step_forward, step_backward = counts
+    return StepFlops(encoder_forward, encoder_backward, step_forward - encoder_forward,
+                     step_backward - encoder_backward)
 
 
 def count_floor_step(model: HiveForConditionalGeneration, batch: dict[str, torch.Tensor]) -> StepFlops:
     """FLOPs of `floor_step(model, batch)`: the encoder pass plus the text-only LLM step, split the same way."""
     model.zero_grad(set_to_none=True)
+    encoder_forward, encoder_backward = _count_encoder(model, batch["pixel_values"])
     counts: list[int] = []
-    with _counting(counts):
-        features = model._vision_features(batch["pixel_values"].to(model.dtype))
     with _counting(counts):
         loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
     with _counting(counts):
         if loss.requires_grad:
             loss.backward()
-    with _counting(counts):
-        _encoder_backward(features, [None] * len(features))
     model.zero_grad(set_to_none=True)
-    encoder_forward, llm_forward, llm_backward, encoder_backward = counts
+    llm_forward, llm_backward = counts
     return StepFlops(encoder_forward, encoder_backward, llm_forward, llm_backward)
 
 
@@ -421,6 +413,7 @@ __all__ = [
     "build_model",
     "count_floor_step",
     "count_training_step",
+    "encoder_features",
     "flop_counter",
     "floor_step",
     "make_batch",

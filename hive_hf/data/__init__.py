@@ -2,17 +2,15 @@
 
 ``load_caption_dataset(source, ...)`` returns a dataset with an ``image`` column (``Image(decode=False)``: rows hold
 ``{"bytes", "path"}``) and a ``caption`` column; ``decode_image`` turns an image entry into RGB PIL or ``None`` for a
-bad file, and ``SkipCounter`` counts the rows skipped that way.
+bad file, which the training collators skip and count.
 """
 
 from .captions import (
     CAPTION_COLUMN,
     IMAGE_COLUMN,
-    SkipCounter,
+    check_source_exists,
     decode_image,
-    iter_decoded,
     load_caption_dataset,
-    normalize_caption,
 )
 from .synthetic import (
     COLORS,
@@ -32,13 +30,11 @@ __all__ = [
     "NUMBER_WORDS",
     "POSITIONS",
     "SHAPES",
-    "SkipCounter",
+    "check_source_exists",
     "decode_image",
     "draw_shapes",
-    "iter_decoded",
     "load_caption_dataset",
     "make_shapes_dataset",
-    "normalize_caption",
     "shapes_caption",
     "shapes_features",
 ]

@@ -12,7 +12,7 @@ column:
 The image column is always cast to ``datasets.Image(decode=False)``, so reading a row yields ``{"bytes", "path"}``
 and never decodes inside ``datasets``: a single corrupt or truncated file in a web-scale crawl would otherwise raise
 from deep inside the DataLoader and kill the run. Decoding is done by :func:`decode_image`, which returns ``None``
-for a bad image so the caller can skip the row and count it with a :class:`SkipCounter`.
+for a bad image so that the caller (the training collators) can skip the row and count it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import glob
 import io
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -37,11 +35,9 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "IMAGE_COLUMN",
     "CAPTION_COLUMN",
-    "SkipCounter",
+    "check_source_exists",
     "decode_image",
-    "iter_decoded",
     "load_caption_dataset",
-    "normalize_caption",
 ]
 
 IMAGE_COLUMN = "image"
@@ -69,44 +65,6 @@ _BAD_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 DatasetLike = datasets.Dataset | datasets.IterableDataset
-
-
-@dataclass
-class SkipCounter:
-    """Counts rows skipped because their image could not be decoded (or their caption was empty).
-
-    A plain picklable dataclass. With a multi-worker ``DataLoader`` every worker process holds its own *copy* of the
-    counter (and of the collator that owns it), so increments made in workers are never seen by the main process:
-    the collator therefore reports the number of rows it skipped with each batch, and the trainer sums those
-    per-batch counts into its own counter with :meth:`add` and logs :meth:`log_summary` at the end.
-    """
-
-    skipped: int = 0
-    seen: int = 0
-    name: str = "image-caption rows"
-
-    def add(self, n: int = 1, seen: int = 0) -> SkipCounter:
-        """Record ``n`` skipped rows and, optionally, ``seen`` rows looked at (skipped ones included)."""
-        if n < 0 or seen < 0:
-            raise ValueError(f"SkipCounter.add takes non-negative counts, got n={n}, seen={seen}.")
-        self.skipped += int(n)
-        self.seen += int(seen)
-        return self
-
-    def summary(self) -> str:
-        """One line: how many rows were skipped, out of how many when known."""
-        if self.seen:
-            return f"Skipped {self.skipped} of {self.seen} {self.name} ({100.0 * self.skipped / self.seen:.2f}%)."
-        return f"Skipped {self.skipped} {self.name}."
-
-    def log_summary(self) -> str:
-        """Log :meth:`summary` (as a warning when anything was skipped) and return it."""
-        message = self.summary()
-        if self.skipped:
-            logger.warning(message + " Their images were missing, unreadable or truncated, or captions empty.")
-        else:
-            logger.info(message)
-        return message
 
 
 def decode_image(value: Any) -> PIL.Image.Image | None:
@@ -185,45 +143,6 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def normalize_caption(value: Any) -> str | None:
-    """Return a caption as a stripped non-empty string, or ``None`` when it is missing or empty.
-
-    A list of captions (COCO-style) gives its first non-empty entry, so the choice is deterministic.
-    """
-    if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            caption = normalize_caption(item)
-            if caption is not None:
-                return caption
-    return None
-
-
-def iter_decoded(
-    dataset: Any,
-    counter: SkipCounter | None = None,
-    image_column: str = IMAGE_COLUMN,
-    caption_column: str = CAPTION_COLUMN,
-) -> Iterator[dict[str, Any]]:
-    """Yield ``{"image": RGB PIL image, "caption": str}`` for each row, skipping (and counting) bad rows.
-
-    ``dataset`` is anything iterable over row dicts, e.g. the output of :func:`load_caption_dataset`. A row is bad when
-    :func:`decode_image` returns ``None`` or :func:`normalize_caption` finds no caption.
-    """
-    for row in dataset:
-        image = decode_image(row.get(image_column))
-        caption = normalize_caption(row.get(caption_column)) if image is not None else None
-        if image is None or caption is None:
-            if counter is not None:
-                counter.add(1, seen=1)
-            continue
-        if counter is not None:
-            counter.add(0, seen=1)
-        yield {"image": image, "caption": caption}
-
-
 def load_caption_dataset(
     source: str,
     image_column: str = IMAGE_COLUMN,
@@ -259,11 +178,12 @@ def load_caption_dataset(
             ``"synthetic"`` only ``image_size`` is accepted.
 
     Raises:
+        FileNotFoundError: ``source`` is a local path with nothing there (see :func:`check_source_exists`).
         ValueError: A column is missing or unusable (the message lists the columns found and the flag to pass), no
             file matches a glob, ``max_samples`` is not positive, or an option does not apply to the source.
     """
     if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-        raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r} (--max_samples).")
+        raise ValueError(f"`max_samples` must be a positive integer or None, got {max_samples!r}.")
     if image_column == caption_column:
         raise ValueError(
             f"--image_column and --caption_column are both {image_column!r}; they must name different columns."
@@ -273,6 +193,7 @@ def load_caption_dataset(
         return _load_synthetic(image_column, caption_column, split, streaming, data_files, max_samples, seed,
                                load_kwargs)
 
+    check_source_exists(source)
     builder, builder_kwargs = _resolve_source(source, split, data_files)
     is_webdataset = builder == "webdataset"
     logger.info("Loading caption dataset %r with builder %r (split=%r, streaming=%s)", source, builder, split,
@@ -280,7 +201,7 @@ def load_caption_dataset(
     dataset = datasets.load_dataset(builder, split=split, streaming=streaming, **builder_kwargs, **load_kwargs)
     if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         # Only happens when a caller passes split=None: be explicit rather than guess a split.
-        raise ValueError(f"{source!r} has several splits {list(dataset)}; pass one with --split.")
+        raise ValueError(f"{source!r} has several splits {list(dataset)}; pass one as `split`.")
 
     features = dataset.features
     columns = list(features) if features is not None else _peek_columns(dataset)
@@ -328,7 +249,7 @@ def _load_synthetic(
     load_kwargs: dict[str, Any],
 ) -> DatasetLike:
     if data_files is not None:
-        raise ValueError("data_files does not apply to source='synthetic' (drop --data_files or pick another source).")
+        raise ValueError("`data_files` does not apply to source='synthetic'; drop it or pick another source.")
     unexpected = sorted(set(load_kwargs) - {"image_size"})
     if unexpected:
         raise ValueError(f"source='synthetic' only accepts image_size as an extra option, got {unexpected}.")
@@ -372,6 +293,20 @@ def _resolve_source(source: str, split: str, data_files: Any) -> tuple[str, dict
             )
         return "webdataset", {"data_files": data_files or {split_name: tars}}
     return source, extra
+
+
+def check_source_exists(source: str, what: str = "the dataset path") -> None:
+    """Raise `FileNotFoundError` ("<what> '<source>' does not exist") when `source` is written as a local path
+    (absolute, `./`, `../`, `~`, more than one `/`, or inside an existing folder) and nothing is there. Other names are
+    left to the loader: Hub ids such as `user/name`, `datasets` builder names."""
+    if _looks_remote(source) or glob.has_magic(source):
+        return
+    expanded = os.path.expanduser(source)
+    if os.path.exists(expanded):
+        return
+    parent = os.path.dirname(expanded.rstrip("/"))
+    if source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or (parent and os.path.isdir(parent)):
+        raise FileNotFoundError(f"{what} {source!r} does not exist")
 
 
 def _find_files(directory: str, patterns: tuple[str, ...]) -> list[str]:

@@ -51,17 +51,15 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
-    AutoModel,
     PreTrainedModel,
     get_cosine_schedule_with_warmup,
 )
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging
 
 from ..compat import AutoImageProcessor
-from ..configuration_hive import HiveConfig
-from ..data import decode_image, make_shapes_dataset
+from ..data import check_source_exists, decode_image, make_shapes_dataset
 from ..metrics import load_metric
+from ..modeling_hive import load_vision_tower
 from .augment import ProbeAugmentation
 
 logger = logging.get_logger(__name__)
@@ -250,16 +248,7 @@ def load_encoder(
     Returns:
         `(vision_model, image_processor)`, the model in eval mode with `requires_grad=False` everywhere.
     """
-    config = AutoConfig.from_pretrained(name_or_path, **kwargs)
-    model_kwargs = {**kwargs, **({"dtype": dtype} if dtype is not None else {})}
-    # By model type rather than class: with trust_remote_code the config class comes from the checkpoint's copy.
-    if config.model_type == HiveConfig.model_type:
-        model = AutoModel.from_pretrained(name_or_path, config=config, **model_kwargs).to_base_model()
-    else:
-        # A two-tower checkpoint's vision weights live under `vision_model.`, exactly where the vision-only class
-        # expects them, so the text tower is never loaded.
-        vision_class = MODEL_MAPPING[type(_vision_config(config))]
-        model = vision_class.from_pretrained(name_or_path, **model_kwargs)
+    model = load_vision_tower(name_or_path, **kwargs, **({"dtype": dtype} if dtype is not None else {}))
     # AutoImageProcessor reads `preprocessor_config.json` and also the image processor inside a full checkpoint's
     # `processor_config.json` (HiveProcessor, SiglipProcessor, ...), without loading a tokenizer; an encoder-only HIVE
     # release carries just the image processor, where AutoProcessor would look for the HiveProcessor's tokenizer.
@@ -351,6 +340,7 @@ def load_probe_datasets(
             test=make_shapes_dataset(max_test_samples or SYNTHETIC_TEST_SAMPLES, image_size, seed, "test"),
         )
     # A local folder of images is read as an `imagefolder` (labels from the class subfolder names) by datasets.
+    check_source_exists(dataset)
     splits = datasets.load_dataset(dataset, dataset_config_name, **load_kwargs)
     for flag, split in (("--train_split", train_split), ("--validation_split", validation_split)):
         if split is not None and split not in splits:

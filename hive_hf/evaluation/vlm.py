@@ -14,6 +14,7 @@ on data in the layout of :mod:`hive_hf.evaluation.vqa_data`.
 from __future__ import annotations
 
 import copy
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,8 +26,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import (
     AddedToken,
-    AutoConfig,
-    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlavaConfig,
@@ -37,12 +36,11 @@ from transformers import (
 from transformers.utils import logging
 
 from ..compat import AutoImageProcessor
-from ..configuration_hive import HiveConfig
 from ..data.captions import decode_image
 from ..metrics import load_metric
-from ..modeling_hive import HiveVisionEncoderModel
-from ..training import apply_lora, merge_lora, model_component
-from ..training.collator import SKIPPED_KEY
+from ..modeling_hive import load_vision_tower
+from ..training import TrainingStages, apply_lora, merge_lora
+from ..training.collator import SkippingCollator
 from .vqa_data import DEFAULT_PROMPT_TEMPLATE, TASK_METRICS, build_prompt, training_answer
 
 logger = logging.get_logger(__name__)
@@ -50,6 +48,7 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "IMAGE_TOKEN",
     "TASK_TITLES",
+    "VLM_STAGES",
     "VLM_STAGE_COMPONENTS",
     "VLM_STAGE_DEFAULTS",
     "VLMStageHyperparameters",
@@ -59,6 +58,7 @@ __all__ = [
     "compose_llava",
     "format_results_table",
     "generate_answers",
+    "llava_parameter_component",
     "load_vision_tower",
     "merge_vlm_lora",
     "question_prior_predictions",
@@ -91,18 +91,6 @@ TASK_TITLES: dict[str, str] = {"mme": "MME", "gqa": "GQA", "vqa": "OK-VQA", "sci
 
 
 # -- building the model -----------------------------------------------------------------------------------------------
-def load_vision_tower(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
-    """The stock transformers vision model behind `name_or_path`: a HIVE checkpoint (full or encoder-only) through
-    `HiveVisionEncoderModel.to_base_model()`, the vision half of a two-tower checkpoint (SigLIP, CLIP), or a vision
-    model as is. `kwargs` go to `from_pretrained` (e.g. `revision`)."""
-    config = AutoConfig.from_pretrained(name_or_path, **kwargs)
-    if isinstance(config, HiveConfig):
-        return HiveVisionEncoderModel.from_pretrained(name_or_path, **kwargs).to_base_model()
-    vision_config = getattr(config, "vision_config", config)
-    vision_cls = AutoModel._model_mapping[type(vision_config)]
-    return vision_cls.from_pretrained(name_or_path, **kwargs)
-
-
 def _extra_tokens(vision: PreTrainedModel) -> tuple[int, int]:
     """(patch tokens, extra tokens such as a class token) the tower outputs for one image of its configured size;
     measured rather than looked up by architecture name."""
@@ -210,9 +198,9 @@ def build_llava(
     vision_kwargs: dict[str, Any] | None = None,
     text_kwargs: dict[str, Any] | None = None,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """:func:`compose_llava` from checkpoints: a vision encoder (see :func:`load_vision_tower`) and a causal LM with
-    its tokenizer (local folders or Hub ids). The image processor comes from the vision checkpoint unless
-    `image_processor_name_or_path` is given."""
+    """:func:`compose_llava` from checkpoints: a vision encoder (see `hive_hf.modeling_hive.load_vision_tower`) and a
+    causal LM with its tokenizer (local folders or Hub ids). The image processor comes from the vision checkpoint
+    unless `image_processor_name_or_path` is given."""
     vision_kwargs, text_kwargs = dict(vision_kwargs or {}), dict(text_kwargs or {})
     vision = load_vision_tower(vision_name_or_path, **vision_kwargs)
     image_processor = AutoImageProcessor.from_pretrained(image_processor_name_or_path or vision_name_or_path)
@@ -223,23 +211,42 @@ def build_llava(
 
 
 # -- training stages --------------------------------------------------------------------------------------------------
+# `LlavaForConditionalGeneration` names: `model.vision_tower.*`, `model.multi_modal_projector.*`,
+# `model.language_model.*` (peft's LoRA wrappers included), `lm_head.*`.
+_LLAVA_VISION = re.compile(r"(^|\.)vision_tower\.")
+_LLAVA_PROJECTOR = re.compile(r"(^|\.)multi_modal_projector\.")
+
+
+def llava_parameter_component(name: str) -> str:
+    """Which part of a LLaVA model a parameter belongs to: vision_tower -> vision, multi_modal_projector ->
+    projector, the rest (language_model, lm_head) -> llm. The component rule of `VLM_STAGES`."""
+    if _LLAVA_VISION.search(name):
+        return "vision"
+    if _LLAVA_PROJECTOR.search(name):
+        return "projector"
+    return "llm"
+
+
 def set_vlm_training_stage(model: LlavaForConditionalGeneration, stage: int) -> dict[str, dict[str, int]]:
     """Make exactly what VLM `stage` trains trainable: 1 the projector, 2 + the LLM (only its LoRA adapters when it
     carries some); the vision encoder never. A stage setter for `HiveStageCallback` / `HiveTrainer(stage_setter=)`.
     Returns `{component: {"trainable": n, "total": n}}` for vision, projector and llm."""
-    if stage not in VLM_STAGE_COMPONENTS:
-        raise ValueError(f"VLM fine-tuning has stages 1 (connector) and 2 (+ LLM); the encoder stays frozen. Got "
-                         f"{stage!r}.")
+    VLM_STAGES.check_stage(stage)
     components = VLM_STAGE_COMPONENTS[stage]
     has_lora = any("lora_" in name for name, _ in model.named_parameters())
     counts = {c: {"trainable": 0, "total": 0} for c in ("vision", "projector", "llm")}
     for name, param in model.named_parameters():
-        component = model_component(name)
+        component = llava_parameter_component(name)
         trainable = component in components and (component != "llm" or not has_lora or "lora_" in name)
         param.requires_grad_(trainable)
         counts[component]["total"] += param.numel()
         counts[component]["trainable"] += param.numel() if trainable else 0
     return counts
+
+
+# LLaVA's two stages, the encoder frozen in both (the paper's Sec. 4).
+VLM_STAGES = TrainingStages("VLM fine-tuning (the encoder stays frozen)", VLM_STAGE_COMPONENTS,
+                            llava_parameter_component, stage_setter=set_vlm_training_stage)
 
 
 def apply_vlm_lora(model: LlavaForConditionalGeneration, r: int = 16, alpha: int = 32, dropout: float = 0.05) -> None:
@@ -253,19 +260,18 @@ def merge_vlm_lora(model: LlavaForConditionalGeneration) -> None:
 
 
 # -- batches ----------------------------------------------------------------------------------------------------------
-class VQACollator:
+class VQACollator(SkippingCollator):
     """Training batches from VQA records: `<prompt> <answer><eos>` with labels on the answer and EOS only (prompt
-    and image tokens -100). Rows whose image is unreadable are dropped and counted under `num_skipped_images`, which
-    `HiveTrainer` sums; a batch with none left repeats the last good row.
+    and image tokens -100). Rows whose image is unreadable are skipped and counted (see `SkippingCollator`).
 
     The answer's tokens are taken in context (the tokens of `prompt + " " + answer` after those of `prompt`), so they
     are the ones a model continuing the prompt would produce.
     """
 
     def __init__(self, processor: LlavaProcessor, template: str = DEFAULT_PROMPT_TEMPLATE):
+        super().__init__()
         self.processor = processor
         self.template = template
-        self._last_good: dict[str, Any] | None = None
         self._warned = False
 
     def _answer_ids(self, prompt: str, answer: str) -> list[int]:
@@ -279,36 +285,26 @@ class VQACollator:
             self._warned = True
         return tokenizer(f" {answer}", add_special_tokens=False).input_ids
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        good = []
-        for row in rows:
-            image = decode_image(row["image"])
-            if image is not None:
-                good.append((row, image))
-        skipped = len(rows) - len(good)
-        if not good:
-            if self._last_good is None:
-                raise ValueError(f"None of the {len(rows)} rows of the first batch has a readable image.")
-            logger.warning("A batch had no readable image; repeating the last good row in its place.")
-            good = [self._last_good["pair"]]
-        self._last_good = {"pair": good[-1]}
-        prompts = [build_prompt(row, self.template) for row, _ in good]
-        encoded = self.processor(images=[image for _, image in good], text=prompts)
+    def usable(self, row: dict[str, Any]) -> tuple[dict[str, Any], PIL.Image.Image] | None:
+        image = decode_image(row["image"])
+        return None if image is None else (row, image)
+
+    def collate(self, items: list[tuple[dict[str, Any], PIL.Image.Image]]) -> dict[str, torch.Tensor]:
+        prompts = [build_prompt(row, self.template) for row, _ in items]
+        encoded = self.processor(images=[image for _, image in items], text=prompts)
         tokenizer = self.processor.tokenizer
         sequences, labels = [], []
-        for (row, _), prompt, prompt_ids in zip(good, prompts, encoded["input_ids"]):
+        for (row, _), prompt, prompt_ids in zip(items, prompts, encoded["input_ids"]):
             answer_ids = self._answer_ids(prompt, training_answer(row)) + [tokenizer.eos_token_id]
             sequences.append(list(prompt_ids) + answer_ids)
             labels.append([-100] * len(prompt_ids) + answer_ids)
         length = max(len(s) for s in sequences)
-        batch = {
+        return {
             "input_ids": torch.tensor([s + [tokenizer.pad_token_id] * (length - len(s)) for s in sequences]),
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (length - len(s)) for s in sequences]),
             "labels": torch.tensor([lab + [-100] * (length - len(lab)) for lab in labels]),
             "pixel_values": torch.stack([torch.as_tensor(np.asarray(p)) for p in encoded["pixel_values"]]),
-            SKIPPED_KEY: torch.tensor(skipped),
         }
-        return batch
 
 
 # -- evaluation -------------------------------------------------------------------------------------------------------

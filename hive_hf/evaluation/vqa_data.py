@@ -129,7 +129,7 @@ def training_answer(record: dict[str, Any]) -> str:
 def training_texts(dataset: datasets.Dataset, template: str = DEFAULT_PROMPT_TEMPLATE,
                    image_token: str = "<image>") -> list[str]:
     """`prompt answer` for every record, without the image token: the text a word-level tokenizer for a tiny LLM
-    (`hive_hf.backbones.write_tiny_backbones`) is built and pre-trained on."""
+    (`hive_hf.tiny_backbones.write_tiny_backbones`) is built and pre-trained on."""
     return [f"{build_prompt(r, template).replace(image_token, ' ').strip()} {training_answer(r)}"
             for r in dataset.remove_columns("image")]
 

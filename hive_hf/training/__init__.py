@@ -1,20 +1,30 @@
 """Three-stage HIVE pre-training (and staged LLaVA fine-tuning) on top of `transformers.Trainer`."""
 
-from .callback import HiveStageCallback, StageSetter
+from .callback import HiveStageCallback, SkippedImagesCallback, StageSetter
 from .collator import HiveCaptionCollator
-from .stages import STAGE_DEFAULTS, StageHyperparameters, apply_lora, last_complete_checkpoint, merge_lora
-from .trainer import HiveTrainer, build_param_groups, model_component
+from .stages import (
+    HIVE_STAGES,
+    STAGE_DEFAULTS,
+    StageHyperparameters,
+    TrainingStages,
+    apply_lora,
+    last_complete_checkpoint,
+    merge_lora,
+)
+from .trainer import HiveTrainer, build_param_groups
 
 __all__ = [
+    "HIVE_STAGES",
     "HiveCaptionCollator",
     "HiveStageCallback",
     "HiveTrainer",
+    "SkippedImagesCallback",
     "STAGE_DEFAULTS",
     "StageHyperparameters",
     "StageSetter",
+    "TrainingStages",
     "apply_lora",
     "build_param_groups",
     "last_complete_checkpoint",
     "merge_lora",
-    "model_component",
 ]

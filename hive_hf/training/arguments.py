@@ -4,23 +4,54 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as pylogging
 import math
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import transformers
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import logging
 
+from .stages import TrainingStages
+
 logger = logging.get_logger(__name__)
+
+# A per-stage flag: (the attribute of a stage's default hyperparameters it defaults to, the `TrainingArguments` field
+# it sets for that stage). The batch size becomes gradient accumulation; max steps default to -1 (run the epochs).
+_PER_STAGE = {
+    "stage_batch_sizes": ("batch_size", None),
+    "stage_epochs": ("epochs", "num_train_epochs"),
+    "stage_learning_rates": ("learning_rate", "learning_rate"),
+    "stage_max_steps": (None, "max_steps"),
+    "stage_max_grad_norms": ("max_grad_norm", "max_grad_norm"),
+    "stage_warmup_steps": ("warmup_steps", "warmup_steps"),
+}
 
 
 def parse_json_or_flags(parser: HfArgumentParser, argv: list[str] | None = None) -> tuple[Any, ...]:
-    """Parse flags, or one JSON file optionally followed by flags that override it (lists become repeated values)."""
+    """Parse flags, or one JSON file optionally followed by flags that override it (lists become repeated values).
+
+    Raises `ValueError` naming the file when it does not exist or is not one JSON object, and whatever the argument
+    dataclasses' `__post_init__` raise for values that do not go together.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith(".json"):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise ValueError(f"the config file {path} does not exist")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"the config file {path} is not valid JSON: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"the config file {path} must hold one JSON object of flag names and values")
         flags = []
-        for key, value in json.loads(Path(argv[0]).read_text()).items():
+        for key, value in values.items():
             values = value if isinstance(value, list) else [value]
             flags += [f"--{key}", *(str(v) for v in values)]
         argv = flags + argv[1:]
@@ -49,3 +80,88 @@ def stage_training_args(
         **overrides,
     )
     return TrainingArguments(**plain)
+
+
+@dataclass
+class StagedTrainingArguments(TrainingArguments):
+    """`TrainingArguments` for a staged run: the stages to run and one value per stage for the hyperparameters that
+    change between stages; `for_stage(k)` gives the plain `TrainingArguments` of stage k.
+
+    A subclass sets `STAGES` (what each stage trains) and `STAGE_DEFAULTS` (`{stage: hyperparameters}` with
+    `batch_size`, `epochs`, `learning_rate` and, for the per-stage flags it adds, `max_grad_norm` / `warmup_steps`);
+    a per-stage flag left unset takes those defaults.
+    """
+
+    STAGES: ClassVar[TrainingStages]
+    STAGE_DEFAULTS: ClassVar[Mapping[int, Any]]
+
+    stages: list[int] | None = field(default=None, metadata={"help": "Stages to run, in order (default: all)."})
+    stage_batch_sizes: list[int] | None = field(
+        default=None,
+        metadata={"help": "Global batch per stage; gradient accumulation makes up the difference (default: the "
+                          "recipe's)."},
+    )
+    stage_epochs: list[float] | None = field(default=None, metadata={"help": "Epochs per stage (default: the recipe's)."})
+    stage_learning_rates: list[float] | None = field(
+        default=None, metadata={"help": "Peak learning rate per stage (default: the recipe's)."}
+    )
+    stage_max_steps: list[int] | None = field(
+        default=None, metadata={"help": "Steps per stage; -1 (the default) runs the epochs instead."}
+    )
+    lora_r: int = field(default=0, metadata={"help": "Stage 2: LoRA rank for the LLM (0 trains it in full)."})
+    lora_alpha: int = field(default=32, metadata={"help": "Stage 2 LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Stage 2 LoRA dropout."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Both recipes decay with a cosine."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs the raw columns."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        all_stages = self.STAGES.stages
+        self.stages = list(all_stages) if self.stages is None else list(self.stages)
+        self.STAGES.check_stages(self.stages)
+        for name in self._per_stage_flags():
+            attr = _PER_STAGE[name][0]
+            if getattr(self, name) is None:
+                setattr(self, name, [getattr(self.STAGE_DEFAULTS[s], attr) if attr else -1 for s in all_stages])
+            if len(getattr(self, name)) != len(all_stages):
+                listing = " ".join(map(str, all_stages))
+                raise ValueError(f"--{name} takes one value per stage ({listing}), got {getattr(self, name)}.")
+        if any(b < 1 for b in self.stage_batch_sizes):
+            raise ValueError(f"--stage_batch_sizes must be positive, got {self.stage_batch_sizes}.")
+        if self.lora_r and 2 not in self.stages:
+            raise ValueError(f"--lora_r {self.lora_r} applies to stage 2, which --stages {self.stages} does not run.")
+
+    def _per_stage_flags(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if f.name in _PER_STAGE]
+
+    def for_stage(self, stage: int, output_dir: str | Path) -> TrainingArguments:
+        """Plain `TrainingArguments` for one stage: its hyperparameters, its folder, its run name."""
+        i = self.STAGES.stages.index(stage)
+        overrides = {_PER_STAGE[name][1]: getattr(self, name)[i] for name in self._per_stage_flags()
+                     if _PER_STAGE[name][1] is not None}
+        return stage_training_args(self, stage, output_dir, self.stage_batch_sizes[i], **overrides)
+
+
+def setup_logging(main_process: bool = True) -> None:
+    """What the scripts log: transformers at warning level (the Trainer's progress bars still show), hive_hf at info
+    on the main process."""
+    pylogging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    pylogging.getLogger("hive_hf").setLevel(pylogging.INFO if main_process else pylogging.WARNING)
+    transformers.utils.logging.set_verbosity_warning()
+
+
+@contextmanager
+def user_errors(prog: str | None = None) -> Iterator[None]:
+    """Report a user's mistake the way argparse does: `<prog>: error: <message>` on stderr and exit status 2, with no
+    traceback. Wrap the steps that read flags, config files, checkpoints' configs and datasets.
+
+    `ValueError` (values that cannot work together, wrong columns, invalid JSON) and `OSError` (a path that does not
+    exist, a checkpoint or dataset that cannot be found) raised inside are the user's; anything else is a bug and
+    keeps its traceback.
+    """
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        sys.stderr.write(f"{prog or Path(sys.argv[0]).name}: error: {message}\n")
+        raise SystemExit(2) from None

@@ -1,4 +1,5 @@
-"""HiveStageCallback: applies a training stage and makes sure frozen weights stay frozen."""
+"""Callbacks of a training stage: `HiveStageCallback` applies the stage and makes sure frozen weights stay frozen;
+`SkippedImagesCallback` keeps the count of skipped images across a resume."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel, reduce
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
@@ -16,12 +18,6 @@ logger = logging.get_logger(__name__)
 # `stage_setter(model, stage)` makes exactly what `stage` trains trainable and returns
 # `{component: {"trainable": n, "total": n}}`, like `HiveForConditionalGeneration.set_training_stage`.
 StageSetter = Callable[[torch.nn.Module, int], dict[str, dict[str, int]]]
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and not hasattr(model, "set_training_stage"):  # DDP / DeepSpeed wrappers
-        model = model.module
-    return model
 
 
 def _fingerprint(param: torch.Tensor) -> tuple[float, float]:
@@ -45,6 +41,7 @@ class HiveStageCallback(TrainerCallback, ExportableState):
     The stage is applied by `model.set_training_stage(stage)` (HIVE models), or by `stage_setter(model, stage)` for a
     model without that method (e.g. `hive_hf.evaluation.vlm.set_vlm_training_stage` for a LLaVA model); a setter is
     a module-level function, saved by import path so that restoring the callback from a checkpoint finds it again.
+    Either one rejects a stage that does not exist, when the Trainer is built.
 
     The stage is saved in every checkpoint's `trainer_state.json` (stateful callback); HIVE models also record it in
     their config. Frozen values are compared by float64 sums at every epoch end and at train end; the check is cheap
@@ -52,8 +49,6 @@ class HiveStageCallback(TrainerCallback, ExportableState):
     """
 
     def __init__(self, stage: int, stage_setter: StageSetter | str | None = None):
-        if stage not in (1, 2, 3):
-            raise ValueError(f"`stage` must be 1, 2 or 3, got {stage!r}.")
         self.stage = stage
         self.stage_setter = _resolve_setter(stage_setter) if isinstance(stage_setter, str) else stage_setter
         self._frozen: dict[str, tuple[float, float]] = {}
@@ -71,10 +66,10 @@ class HiveStageCallback(TrainerCallback, ExportableState):
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is not None:
-            self._apply(_unwrap(model))
+            self._apply(extract_model_from_parallel(model))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        model = _unwrap(model)
+        model = extract_model_from_parallel(model)
         counts = self._apply(model)  # idempotent; re-applied in case something toggled flags
         summary = ", ".join(f"{c} {v['trainable']:,}/{v['total']:,}" for c, v in counts.items())
         logger.info(f"Stage {self.stage}: trainable parameters per component: {summary}")
@@ -82,12 +77,12 @@ class HiveStageCallback(TrainerCallback, ExportableState):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         # Judged against the stage as applied at train start, so a weight unfrozen since then is caught too.
-        for name, param in _unwrap(model).named_parameters():
+        for name, param in extract_model_from_parallel(model).named_parameters():
             if name in self._frozen and param.grad is not None:
                 raise RuntimeError(f"Stage {self.stage}: frozen parameter {name} received a gradient.")
 
     def _check_unchanged(self, model: torch.nn.Module) -> None:
-        params = dict(_unwrap(model).named_parameters())
+        params = dict(extract_model_from_parallel(model).named_parameters())
         for name, before in self._frozen.items():
             if name in params and _fingerprint(params[name]) != before:
                 raise RuntimeError(f"Stage {self.stage}: frozen parameter {name} changed during training.")
@@ -97,3 +92,50 @@ class HiveStageCallback(TrainerCallback, ExportableState):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._check_unchanged(model)
+
+
+class SkippedImagesCallback(TrainerCallback, ExportableState):
+    """Counts the images the collator skipped in a stage (`HiveTrainer` adds what each batch reports) and keeps the
+    count in every checkpoint, so that a stage resumed after a crash reports the images skipped over the whole stage.
+
+    The count is per pass over the data: an unreadable image is counted each time its batch is trained on (once per
+    epoch). Each process counts its own batches; at every save the counts are summed over processes and stored with
+    the checkpoint (`trainer_state.json`, as a stateful callback). On resume the main process starts from that sum and
+    the others from zero, so `total` stays the sum over processes: what the run would have reported uninterrupted.
+    """
+
+    def __init__(self, saved: int = 0):
+        self.saved = saved  # the total over processes at the last save
+        self.local = 0  # this process, since this `train()` started
+        self.restored = 0  # the total before a resume, on the main process
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"saved": self.saved}, "attributes": {}}
+
+    def add(self, count: int) -> None:
+        self.local += count
+
+    def count(self) -> int:
+        """This process's count (a resumed stage's earlier total included on the main process)."""
+        return self.restored + self.local
+
+    def total(self, args: Any) -> int:
+        """The count summed over processes; every process must call it (a collective)."""
+        count = torch.tensor(self.count(), device=args.device)
+        return int(reduce(count, reduction="sum")) if args.world_size > 1 else int(count)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # `state` is the checkpoint's when resuming (Trainer loads it before this event), else a fresh one holding 0.
+        stored = state.stateful_callbacks.get(type(self).__name__) or {}
+        self.restored = stored.get("args", {}).get("saved", 0) if args.process_index == 0 else 0
+        self.local = 0
+
+    def _before_save(self, args, control) -> None:
+        if control.should_save:  # the Trainer saves right after this event, on every process
+            self.saved = self.total(args)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._before_save(args, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._before_save(args, control)

@@ -1,4 +1,4 @@
-"""The three pre-training stages: their default hyperparameters and optional LoRA for the LLM in stage 2.
+"""Training stages: what each stage trains (`TrainingStages`), the pre-training defaults, and LoRA for stage 2.
 
 Defaults are the paper's (HIVE, arXiv 2604.00086, appendix table; peak learning rates from the authors' scripts):
 
@@ -18,13 +18,65 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers.utils import logging
 
+from ..modeling_hive import STAGE_COMPONENTS, parameter_component
+from .callback import StageSetter
+
 logger = logging.get_logger(__name__)
+
+# How a card or a message names each component; the projectors and the new fusion weights are the "connector".
+COMPONENT_LABELS = {"projector": "connector", "fusion": "connector", "llm": "LLM", "vision": "vision encoder"}
+
+
+@dataclass(frozen=True)
+class TrainingStages:
+    """The stages of a staged run and what each trains: the one place that says which stages exist.
+
+    Args:
+        name: what the stages are, for messages (e.g. "HIVE pre-training").
+        components: `{stage: components it trains}`; the stages are its keys.
+        component_of: which component a parameter belongs to, by name (`HiveTrainer(component_rule=)`).
+        stage_setter: applies a stage to a model without a `set_training_stage` method (`HiveTrainer(stage_setter=)`);
+            None for HIVE models, whose own method reads the same `STAGE_COMPONENTS`.
+    """
+
+    name: str
+    components: Mapping[int, frozenset[str]]
+    component_of: Callable[[str], str]
+    stage_setter: StageSetter | None = None
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        return tuple(sorted(self.components))
+
+    def trains(self, stage: int) -> str:
+        """What `stage` trains, in words: e.g. "connector + LLM"."""
+        order = list(COMPONENT_LABELS)
+        components = sorted(self.components[stage], key=order.index)
+        return " + ".join(dict.fromkeys(COMPONENT_LABELS[c] for c in components))
+
+    def _listing(self) -> str:
+        parts = [f"{stage} ({self.trains(stage)})" for stage in self.stages]
+        return ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
+
+    def check_stage(self, stage: int) -> None:
+        if stage not in self.components:
+            raise ValueError(f"{self.name} has stages {self._listing()}; got {stage!r}.")
+
+    def check_stages(self, stages: Sequence[int]) -> None:
+        """Stages to run, as `--stages` gives them: distinct, known, in order."""
+        if not stages or sorted(set(stages)) != list(stages) or not set(stages) <= set(self.components):
+            allowed = " ".join(map(str, self.stages))
+            raise ValueError(f"--stages must be distinct stages from {allowed} in order, got {list(stages)}.")
+
+
+HIVE_STAGES = TrainingStages("HIVE pre-training", STAGE_COMPONENTS, parameter_component)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""HiveTrainer: `Trainer` with stage-aware optimizer groups and a count of skipped images.
+"""HiveTrainer: `Trainer` with stage-aware optimizer groups and a count of skipped images (kept across a resume).
 
 It overrides only documented hooks (`create_optimizer`, `compute_loss`); everything that does not change the loop
 (applying and guarding the stage) is `HiveStageCallback`.
@@ -6,7 +6,7 @@ It overrides only documented hooks (`create_optimizer`, `compute_loss`); everyth
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,27 +14,10 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from ..modeling_hive import parameter_component
-from .callback import HiveStageCallback, StageSetter
+from .callback import HiveStageCallback, SkippedImagesCallback, StageSetter
 from .collator import SKIPPED_KEY
 
 logger = logging.get_logger(__name__)
-
-
-# LLaVA parameter names (`LlavaForConditionalGeneration`: `model.vision_tower.*`, `model.multi_modal_projector.*`,
-# `model.language_model.*`, `lm_head.*`), for the VLM fine-tuning of `hive_hf.evaluation.vlm`. HIVE models keep their
-# grouping: their encoder (`vision_model.vision_tower.*`) is vision either way and no other name has these segments.
-_LLAVA_VISION = re.compile(r"(^|\.)vision_tower\.")
-_LLAVA_PROJECTOR = re.compile(r"(^|\.)multi_modal_projector\.")
-
-
-def model_component(name: str) -> str:
-    """`parameter_component` extended to LLaVA models: vision_tower -> vision, multi_modal_projector -> projector,
-    language_model / lm_head -> llm."""
-    if _LLAVA_VISION.search(name):
-        return "vision"
-    if _LLAVA_PROJECTOR.search(name):
-        return "projector"
-    return parameter_component(name)
 
 
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
@@ -47,9 +30,11 @@ def build_param_groups(
     weight_decay: float,
     learning_rate: float,
     lr_multipliers: dict[str, float] | None = None,
+    component_rule: Callable[[str], str] = parameter_component,
 ) -> list[dict[str, Any]]:
-    """Optimizer groups over the trainable parameters only: per component (vision, projector, fusion, llm; see
-    `model_component`) and decay / no-decay, each with `learning_rate * lr_multipliers.get(component, 1)`."""
+    """Optimizer groups over the trainable parameters only: per component (vision, projector, fusion, llm, as
+    `component_rule` names them from parameter names; HIVE's by default) and decay / no-decay, each with
+    `learning_rate * lr_multipliers.get(component, 1)`."""
     lr_multipliers = dict(lr_multipliers or {})
     unknown = set(lr_multipliers) - {"vision", "projector", "fusion", "llm"}
     if unknown:
@@ -58,7 +43,7 @@ def build_param_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        component = model_component(name)
+        component = component_rule(name)
         decay = not _no_decay(name, param)
         group = groups.setdefault((component, decay), {
             "params": [], "names": [], "component": component,
@@ -80,23 +65,39 @@ class HiveTrainer(Trainer):
             built and guards frozen weights during training.
         stage_setter (`Callable`, *optional*): `stage_setter(model, stage)` applies the stage for a model without a
             `set_training_stage` method (see `HiveStageCallback`).
+        component_rule (`Callable`, *optional*): which component a parameter belongs to, by name, for the optimizer
+            groups and `lr_multipliers`; default: HIVE's `parameter_component`. `TrainingStages` bundles both.
         lr_multipliers (`dict[str, float]`, *optional*): per-component learning-rate factors, e.g. `{"vision": 0.1}`.
         All other arguments are `Trainer`'s.
     """
 
     def __init__(self, *args: Any, stage: int | None = None, lr_multipliers: dict[str, float] | None = None,
-                 stage_setter: StageSetter | None = None, **kwargs: Any):
+                 stage_setter: StageSetter | None = None, component_rule: Callable[[str], str] = parameter_component,
+                 **kwargs: Any):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if stage is not None and not any(isinstance(c, HiveStageCallback) for c in callbacks):
             callbacks.append(HiveStageCallback(stage, stage_setter=stage_setter))
+        if not any(isinstance(c, SkippedImagesCallback) for c in callbacks):
+            callbacks.append(SkippedImagesCallback())
         self.lr_multipliers = lr_multipliers
-        self.skipped_images = 0
+        self.component_rule = component_rule
         super().__init__(*args, callbacks=callbacks, **kwargs)
+
+    def _skip_counter(self) -> SkippedImagesCallback:
+        # Looked up each time: resuming with `restore_callback_states_from_checkpoint` replaces callback objects.
+        return next(c for c in self.callback_handler.callbacks if isinstance(c, SkippedImagesCallback))
+
+    @property
+    def skipped_images(self) -> int:
+        """Images this process's batches skipped in this stage; after a resume, the main process includes the total
+        from before it (see `SkippedImagesCallback`)."""
+        return self._skip_counter().count()
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
             model = self.model if model is None else model
-            groups = build_param_groups(model, self.args.weight_decay, self.args.learning_rate, self.lr_multipliers)
+            groups = build_param_groups(model, self.args.weight_decay, self.args.learning_rate, self.lr_multipliers,
+                                        self.component_rule)
             for group in groups:
                 group.pop("names")
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
@@ -107,12 +108,10 @@ class HiveTrainer(Trainer):
                      num_items_in_batch: torch.Tensor | None = None):
         skipped = inputs.pop(SKIPPED_KEY, None)
         if skipped is not None:
-            self.skipped_images += int(skipped)
+            self._skip_counter().add(int(skipped))
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def total_skipped_images(self) -> int:
-        """Skipped images summed over all processes."""
-        count = torch.tensor(self.skipped_images, device=self.args.device)
-        if self.args.world_size > 1:
-            count = self.accelerator.reduce(count, reduction="sum")
-        return int(count)
+        """Skipped images summed over all processes, over the whole stage (a resume included); counted per pass over
+        the data. Every process must call it."""
+        return self._skip_counter().total(self.args)

@@ -39,6 +39,28 @@ def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 
+def tiny_configs(
+    vocab_size: int = len(SPECIAL_TOKENS),
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 64,
+    num_layers: int = 4,
+    **text_kwargs: int,
+) -> tuple[SiglipVisionConfig, LlamaConfig]:
+    """The configs `write_tiny_backbones` builds its tower and LLM from (the vocabulary comes from the texts; a run
+    can check its wiring against these before any text is read). `text_kwargs` are the tokenizer's special ids."""
+    vision = SiglipVisionConfig(
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=4, image_size=image_size, patch_size=patch_size,
+    )
+    text = LlamaConfig(
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=256,
+        tie_word_embeddings=True, **text_kwargs,
+    )
+    return vision, text
+
+
 def write_tiny_backbones(
     folder: str | Path,
     texts: Iterable[str],
@@ -62,11 +84,12 @@ def write_tiny_backbones(
     folder = Path(folder)
     texts = list(texts)
     tokenizer = build_word_tokenizer(texts)
+    vision_config, text_config = tiny_configs(
+        len(tokenizer), image_size, patch_size, hidden_size, num_layers, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(seed)
-    vision = SiglipVisionModel(SiglipVisionConfig(
-        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=4, image_size=image_size, patch_size=patch_size,
-    ))
+    vision = SiglipVisionModel(vision_config)
     image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
     if vision_pretrain_steps > 0:
         if images is None or len(images) != len(texts):
@@ -74,12 +97,7 @@ def write_tiny_backbones(
         _pretrain_vision(vision, image_processor, tokenizer, list(images), texts, vision_pretrain_steps, seed)
     vision.save_pretrained(folder / "vision")
     image_processor.save_pretrained(folder / "vision")
-    llm = LlamaForCausalLM(LlamaConfig(
-        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
-        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    ))
+    llm = LlamaForCausalLM(text_config)
     if text_pretrain_steps > 0:
         _pretrain_text(llm, tokenizer, texts, text_pretrain_steps, seed)
     llm.save_pretrained(folder / "text")
