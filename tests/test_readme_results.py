@@ -1,0 +1,28 @@
+"""Every table the README shows is a verbatim copy of a committed results file that a README command writes."""
+
+import json
+from pathlib import Path
+
+from hive_hf.analysis.results import readme_blocks, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_tables_equal_the_committed_results_files():
+    blocks = readme_blocks((ROOT / "README.md").read_text())
+    for path, copy in blocks.items():
+        source = ROOT / path
+        assert source.is_file(), f"README quotes {path}, which is not committed"
+        assert copy == source.read_text().strip() + "\n", f"README's copy of {path} differs from the file"
+        meta = json.loads(source.with_suffix(".json").read_text())
+        assert meta["command"] and meta["environment"]["transformers"] and meta["environment"]["threads"]
+
+
+def test_results_files_round_trip_through_a_readme(tmp_path):
+    md = write_results(tmp_path / "results" / "x", "| a |\n|---|\n| 1 |", {"a": 1}, command="python x.py",
+                       seeds=[0, 1], threads=1)
+    text = md.read_text()
+    assert text.startswith("| a |") and "`python x.py`: seeds 0 1, 1 thread(s)" in text
+    readme = f"intro\n<!-- results: {md} -->\n{text}<!-- /results -->\nmore\n"
+    assert readme_blocks(readme) == {str(md): text}
+    assert json.loads(md.with_suffix(".json").read_text())["results"] == {"a": 1}
