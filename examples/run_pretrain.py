@@ -37,7 +37,13 @@ from hive_hf.configuration_hive import FUSION_MODES
 from hive_hf.data import check_source_exists, decode_image, load_caption_dataset
 from hive_hf.tiny_backbones import tiny_configs, write_tiny_backbones
 from hive_hf.training import HIVE_STAGES, STAGE_DEFAULTS, HiveCaptionCollator
-from hive_hf.training.arguments import StagedTrainingArguments, parse_json_or_flags, setup_logging, user_errors
+from hive_hf.training.arguments import (
+    StagedTrainingArguments,
+    parse_json_or_flags,
+    setup_logging,
+    take_hub_token,
+    user_errors,
+)
 from hive_hf.training.hub import HiveHubCallback
 from hive_hf.training.staged_run import RunLayout, StagedRun
 
@@ -233,6 +239,7 @@ def main() -> None:
     # anything is downloaded or trained; later errors keep their traceback.
     with user_errors():
         model_args, data_args, args = parse_args()
+        hub_token = take_hub_token(args)  # kept in memory: the Trainer pickles its arguments into every checkpoint
         check_combinations(model_args, data_args, args)
         setup_logging(args.should_log)
         set_seed(args.seed)
@@ -251,13 +258,14 @@ def main() -> None:
             record = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), **stage_fields}
             layout.run_args.write_text(json.dumps(record, indent=2, default=str))
 
-    hub = HiveHubCallback(run_dir=layout.root) if args.push_to_hub else None  # model code + HIVE card in pushes
+    # Pushes with the model code and the HIVE card, and without pickles (the Trainer's own pushes are off)
+    hub = HiveHubCallback(run_dir=layout.root, token=hub_token) if args.push_to_hub else None
     run = StagedRun(
         layout, args, HIVE_STAGES,
         make_collator=partial(HiveCaptionCollator, prompt=data_args.prompt, max_length=data_args.max_caption_length),
         model_kwargs={"attn_implementation": model_args.attn_implementation}, lr_multipliers=args.lr_multipliers,
         callbacks=[hub] if hub else (),
-        after_save=hub.push_card if hub else None,  # the Trainer's end-of-training push wrote its generic card
+        after_save=hub.push_final if hub else None,  # each stage's end-of-training push
     )
     summaries = run.run(start, train_data)
 

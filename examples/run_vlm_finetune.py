@@ -27,6 +27,7 @@ Run the same command again after a crash: finished stages are skipped, the inter
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import partial
@@ -65,7 +66,14 @@ from hive_hf.evaluation.vqa_data import (
     training_texts,
 )
 from hive_hf.tiny_backbones import write_tiny_backbones
-from hive_hf.training.arguments import StagedTrainingArguments, parse_json_or_flags, setup_logging, user_errors
+from hive_hf.training.arguments import (
+    StagedTrainingArguments,
+    parse_json_or_flags,
+    setup_logging,
+    take_hub_token,
+    user_errors,
+)
+from hive_hf.training.hub import HubPushCallback
 from hive_hf.training.staged_run import VLM_STAGE_MARKER, RunLayout, StagedRun
 
 logger = logging.get_logger("hive_hf.run_vlm_finetune")
@@ -295,7 +303,8 @@ def run_evaluation(model_dir: Path, data_args: DataArguments, args: VLMTrainingA
         metrics.update(_flatten(blind, prefix="blind_"))
     table = format_results_table(runs)
 
-    reporter = Trainer(model=model, args=args, processing_class=processor)  # for log/save_metrics and save_state
+    # For log/save_metrics and save_state; it pushes nothing (with push_to_hub it would create a repository).
+    reporter = Trainer(model=model, args=dataclasses.replace(args, push_to_hub=False), processing_class=processor)
     reporter.log_metrics("eval", metrics)
     reporter.save_metrics("eval", metrics)
     reporter.save_state()
@@ -312,6 +321,7 @@ def main() -> None:
     # or trained; later errors keep their traceback.
     with user_errors():
         model_args, data_args, args = parse_args()
+        hub_token = take_hub_token(args)  # kept in memory: the Trainer pickles its arguments into every checkpoint
         set_seed(args.seed)
         setup_logging(args.should_log)
         check_combinations(model_args, data_args, args)
@@ -324,10 +334,12 @@ def main() -> None:
 
     summaries = {}
     if args.do_train:
+        hub = HubPushCallback(token=hub_token) if args.push_to_hub else None  # without pickles: see its docstring
         run = StagedRun(
             layout, args, VLM_STAGES, make_collator=partial(VQACollator, template=data_args.prompt_template),
             model_kwargs={"attn_implementation": model_args.attn_implementation},
             apply_lora=apply_vlm_lora, merge_lora=merge_vlm_lora,
+            callbacks=[hub] if hub else (), after_save=hub.push_final if hub else None,
         )
         summaries = run.run(start, train)
         start = layout.stage_dir(args.stages[-1])

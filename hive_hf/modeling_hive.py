@@ -601,10 +601,13 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
 
         The vision side is anything `load_vision_tower` reads: a stock tower, the vision half of a two-tower
         checkpoint (SigLIP, CLIP) or a HIVE checkpoint's encoder. `vision_kwargs` / `text_kwargs` go to the
-        respective `from_pretrained` (e.g. `revision`); `config_kwargs` to `HiveConfig` (e.g. `fusion="gated"`).
+        respective `from_pretrained` (e.g. `revision`); `config_kwargs` to `HiveConfig` (e.g. `fusion="gated"`),
+        except `token`, which goes to both `from_pretrained` calls: a config keeps unknown keyword arguments and
+        `save_pretrained` would write the token into config.json.
         """
-        vision = load_vision_tower(vision_name_or_path, **(vision_kwargs or {}))
-        llm = AutoModelForCausalLM.from_pretrained(text_name_or_path, **(text_kwargs or {}))
+        token = {"token": config_kwargs.pop("token")} if "token" in config_kwargs else {}
+        vision = load_vision_tower(vision_name_or_path, **token, **(vision_kwargs or {}))
+        llm = AutoModelForCausalLM.from_pretrained(text_name_or_path, **token, **(text_kwargs or {}))
 
         config = HiveConfig(vision_config=vision.config, text_config=llm.config, **config_kwargs)
         model = cls(config)

@@ -193,12 +193,17 @@ class LocalHub:
         user: the user every token belongs to (whoami name, default namespace of `create_repo`).
         token: the fake token handed out by `env()` / `patch_client()`.
         max_body_size: requests with larger bodies get 413.
+        keep_bodies: keep `(method, path with query string, body)` of every request in `bodies`, for tests that
+            search all a client sent (e.g. for a secret). Headers, where the token travels, are never kept.
     """
 
-    def __init__(self, *, user: str = "user", token: str = DEFAULT_TOKEN, max_body_size: int = 1024 * 1024 * 1024):
+    def __init__(self, *, user: str = "user", token: str = DEFAULT_TOKEN, max_body_size: int = 1024 * 1024 * 1024,
+                 keep_bodies: bool = False):
         self.user = user
         self.token = token
         self.max_body_size = max_body_size
+        self.keep_bodies = keep_bodies
+        self.bodies: list[tuple[str, str, bytes]] = []
         self.repos: dict[str, _Repo] = {}
         self.blobs: dict[str, bytes] = {}  # git blob oid -> content
         # (method, path, status) of every request, and the ones no route matched: handy when a new client version
@@ -426,6 +431,9 @@ class LocalHub:
         response: _Response
         try:
             body = self._read_body(handler)
+            if self.keep_bodies:
+                with self._lock:
+                    self.bodies.append((handler.command, handler.path, body))
             token, user = self._authenticate(handler.headers.get("Authorization"))
             request = _Request(
                 method=handler.command,

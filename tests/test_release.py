@@ -1,5 +1,5 @@
 """Hub releases against the LocalHub double (tests/hub_double.py): `push_to_hub`, `python -m hive_hf.release` and
-Trainer pushes with `HiveHubCallback`.
+pushes during training with `HiveHubCallback`.
 
 Pushes go through this process' real `huggingface_hub` client; loading runs in a fresh interpreter that can reach the
 double only through its environment and cannot import `hive_hf` (as a user without the package), so every HIVE class
@@ -37,9 +37,11 @@ from hive_hf.release import (
     render_model_card,
     results_markdown,
     results_table,
+    stage_record_from_folder,
 )
 from hive_hf.tiny_backbones import build_word_tokenizer, write_tiny_backbones
 from hive_hf.training import HiveCaptionCollator, HiveTrainer
+from hive_hf.training.arguments import write_training_args
 from hive_hf.training.hub import HiveHubCallback
 
 VISION_ID, TEXT_ID = "hive-test/tiny-siglip", "hive-test/tiny-llama"  # the backbones, as if taken from the Hub
@@ -73,7 +75,7 @@ def run_dir(tmp_path_factory):
         processor.save_pretrained(folder)
         args = TrainingArguments(output_dir=str(folder), learning_rate=LR[stage], warmup_steps=5, max_grad_norm=1.0,
                                  per_device_train_batch_size=8, report_to="none", use_cpu=True)
-        torch.save(args, folder / "training_args.bin")
+        write_training_args(args, folder)
         history = [{"loss": 2.5 - stage / 10, "step": 5}, {"loss": 2.0 - stage / 10, "step": 10}]
         metrics = {"train_runtime": 2.0, "train_samples_per_second": 40.0, "epoch": 0.5, "train_loss": 2.2,
                    "stage": stage, "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"]}
@@ -182,21 +184,22 @@ TRAINER_REPO = "user/hive-run-stage1"
 
 
 def push_with_trainer(tmp_path):
-    """One tiny stage-1 run with `TrainingArguments(push_to_hub=True)` and `HiveHubCallback`, as run_pretrain does."""
+    """One tiny stage-1 run pushed by `HiveHubCallback` (the Trainer's own pushes off), as run_pretrain does."""
     shapes = make_shapes_dataset(16, image_size=16, seed=0)
     model = tiny_model()
     processor = HiveProcessor.for_model_config(
         model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}), build_word_tokenizer(shapes["caption"]))
     args = TrainingArguments(
         output_dir=str(tmp_path / "run" / "stage1"), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-2,
-        save_strategy="steps", save_steps=1, logging_steps=1, push_to_hub=True, hub_model_id="hive-run-stage1",
+        save_strategy="steps", save_steps=1, logging_steps=1, hub_model_id="hive-run-stage1",
         use_cpu=True, report_to="none", remove_unused_columns=False, disable_tqdm=True, seed=0,
     )
     callback = HiveHubCallback(CardOptions(license="apache-2.0"))
     trainer = HiveTrainer(model=model, args=args, train_dataset=shapes, data_collator=HiveCaptionCollator(processor),
                           processing_class=processor, stage=1, callbacks=[callback])
     trainer.train()
-    trainer.save_model()  # the end-of-training push, which writes the Trainer's own card
+    trainer.save_model()
+    callback.push_final(trainer)
     return trainer, callback, processor
 
 
@@ -229,8 +232,6 @@ def published(hub, run_dir, tmp_path_factory):
     assert code == 0, output.getvalue()[-3000:]
 
     trainer, callback, trainer_processor = push_with_trainer(tmp)
-    trainer_card = hub.read_file(TRAINER_REPO, "README.md").decode()  # before push_card: the Trainer's
-    callback.push_card(trainer)
     pushes = [c for c in HfApi().list_repo_commits(TRAINER_REPO) if c.title.startswith("Training in progress")]
     assert pushes
     first_push = HiveForConditionalGeneration.from_pretrained(tmp / "run" / "stage1" / "checkpoint-1").eval()
@@ -252,11 +253,11 @@ def published(hub, run_dir, tmp_path_factory):
         ("encoder_stage1", "encoder", REPOS["encoder"], "stage1", True, "run"),
         ("stock", "stock", REPOS["stock"], None, False, "run"),  # trust_remote_code not passed
         ("stock_image_processor", "image_processor", REPOS["stock"], None, False, "run"),
-        ("trainer_first_push", "full", TRAINER_REPO, pushes[-1].commit_id, True, "trainer"),
+        ("trainer_first_push", "full", TRAINER_REPO, "checkpoint-1", True, "trainer"),
         ("trainer_final", "full", TRAINER_REPO, None, True, "trainer"),
     ], {"run": final["inputs"], "trainer": trainer_inputs})
     return SimpleNamespace(release_output=output.getvalue() + logs.getvalue(), loaded=loaded, final=final,
-                           first=first, trainer_card=trainer_card, trainer_pushes=pushes,
+                           first=first, trainer_pushes=pushes,
                            trainer_expected=trainer_expected)
 
 
@@ -336,19 +337,24 @@ def test_release_pushes_three_repos_with_stage_tags_and_private(hub, published, 
 
 # -- Trainer(push_to_hub=True) ----------------------------------------------------------------------------------------
 def test_trainer_pushes_carry_model_code_and_card(hub, published):
-    assert "generated_from_trainer" in published.trainer_card  # what HiveHubCallback.push_card replaces
-    commits = HfApi().list_repo_commits(TRAINER_REPO)
-    for commit in commits:
+    api = HfApi()
+    tags = {t.name: t.target_commit for t in api.list_repo_refs(TRAINER_REPO).tags}
+    assert "checkpoint-1" in tags and tags["stage1"] == hub.head(TRAINER_REPO)  # output_dir is named stage1
+    for commit in api.list_repo_commits(TRAINER_REPO):
         files = set(hub.list_files(TRAINER_REPO, commit.commit_id))
-        if "config.json" in files:  # every Trainer commit with a model carries the code its auto_map names
-            assert CODE | {"processing_hive.py", "README.md"} <= files, (commit.title, files)
-    first_push = published.trainer_pushes[-1].commit_id
-    checkpoint_card = ModelCard(hub.read_file(TRAINER_REPO, "README.md", first_push).decode())
+        if "config.json" in files:  # every commit with a model carries the code its auto_map names, and no pickle
+            assert CODE | {"processing_hive.py", "README.md", "training_args.json"} <= files, (commit.title, files)
+            assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files), files
+    assert tags["checkpoint-1"] == published.trainer_pushes[-1].commit_id  # the first push
+    checkpoint_card = ModelCard(hub.read_file(TRAINER_REPO, "README.md", "checkpoint-1").decode())
     assert "pre-training stage 1, at step 1" in checkpoint_card.text
+    assert f'"{TRAINER_REPO}", "checkpoint-1"' in checkpoint_card.text  # the snippet pins this push's tag
     assert checkpoint_card.data.license == "apache-2.0"
     final_card = ModelCard(hub.read_file(TRAINER_REPO, "README.md").decode())
     assert "generated_from_trainer" not in str(final_card) and "# hive-run-stage1" in final_card.text
-    assert f'"{TRAINER_REPO}", "main"' in final_card.text and "| 1 | connector | 2 |" in final_card.text
+    assert f'"{TRAINER_REPO}", "stage1"' in final_card.text and "| 1 | connector | 2 |" in final_card.text
+    pushed_args = json.loads(hub.read_file(TRAINER_REPO, "training_args.json"))
+    assert pushed_args["max_steps"] == 2 and pushed_args["hub_model_id"] == "hive-run-stage1"
 
     loaded, expected = published.loaded, published.trainer_expected
     assert_same(loaded["trainer_first_push"]["value"], expected["first_push"])
@@ -451,9 +457,17 @@ def test_results_tables_and_card_without_hub_base_models(tmp_path):
     assert "4 → the LLM input sequence" in concat.text and "self-attention (SA) baseline" in concat.text
 
 
-def test_training_args_are_read_without_running_pickled_code(run_dir, tmp_path):
-    args = load_training_args(run_dir / "stage2" / "training_args.bin")
+def test_training_args_of_runs_before_json_are_read_without_running_pickled_code(run_dir, tmp_path):
+    legacy = tmp_path / "stage2"  # a stage folder from before training_args.json: the Trainer's pickle only
+    legacy.mkdir()
+    for name in ("hive_stage.json", "trainer_state.json", "config.json"):
+        (legacy / name).write_bytes((run_dir / "stage2" / name).read_bytes())
+    torch.save(TrainingArguments(output_dir=str(legacy), learning_rate=LR[2], warmup_steps=5, report_to="none",
+                                 use_cpu=True), legacy / "training_args.bin")
+    args = load_training_args(legacy / "training_args.bin")
     assert args.learning_rate == LR[2] and args.warmup_steps == 5
+    assert stage_record_from_folder(legacy).hyperparameters == stage_record_from_folder(
+        run_dir / "stage2").hyperparameters  # the same numbers as from training_args.json
 
     marker = tmp_path / "executed"
 

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 from huggingface_hub.hf_api import RepoFile
 
 from hive_hf.release import ReleaseError
-from hive_hf.release.hub import _git_blob_id, _push_stage, _tag_commit
+from hive_hf.release.hub import _git_blob_id, _push_stage, tag_commit
 
 REPO = "me/hive"
 
@@ -126,7 +126,7 @@ def test_a_tag_already_on_the_commit_is_left_alone():
     api = FakeApi()
     commit = api.commit({"a": b"1"})
     api.tags["stage1"] = commit
-    _tag_commit(api, REPO, "stage1", commit)
+    tag_commit(api, REPO, "stage1", commit)
     assert api.tags == {"stage1": commit} and api.deleted_tags == []
 
 
@@ -137,5 +137,13 @@ def test_a_card_the_hub_would_reject_stops_the_push(folder, monkeypatch):
     monkeypatch.setattr(ModelCard, "validate", reject)
     api = FakeApi()
     with pytest.raises(ReleaseError, match="fails the Hub's validation"):
+        push(api, folder)
+    assert api.uploads == [] and api.tags == {}
+
+
+def test_a_pickle_in_the_folder_stops_the_push(folder):
+    (folder / "training_args.bin").write_bytes(b"\x80\x04K\x01.")  # what torch.save / pickle write
+    api = FakeApi()
+    with pytest.raises(ReleaseError, match=r"Refusing to push pickles to me/hive: \['training_args.bin'\]"):
         push(api, folder)
     assert api.uploads == [] and api.tags == {}

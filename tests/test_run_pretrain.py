@@ -229,34 +229,3 @@ def test_fsdp_with_frozen_parameters(tmp_path):
     vision = "vision_model.vision_tower.encoder.layers.0.mlp.fc1.weight"
     assert torch.equal(init[vision], stage1[vision]) and not torch.equal(init[vision], stage3[vision])
     assert not torch.equal(init["projectors.0.linear_1.weight"], stage1["projectors.0.linear_1.weight"])
-
-
-def test_push_to_hub_during_training_loads_with_remote_code(tmp_path):
-    """`--push_to_hub` pushes each stage's checkpoints with the model code and the HIVE card (local Hub double)."""
-    from hub_double import LocalHub
-
-    with LocalHub() as hub:
-        env = hub.env(hf_home=tmp_path / "hf_home")
-        env.update(OMP_NUM_THREADS="1")
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), str(DEMO), "--output_dir", str(tmp_path / "run"), *FAST, "--stages", "1",
-             "--stage_max_steps", "2", "2", "2", "--save_steps", "1", "--push_to_hub", "True",
-             "--hub_model_id", "user/hive-demo"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        files = hub.list_files("user/hive-demo-stage1")
-        assert {"config.json", "model.safetensors", "modeling_hive.py", "configuration_hive.py",
-                "processing_hive.py", "processor_config.json", "README.md"} <= set(files)
-        card = hub.read_file("user/hive-demo-stage1", "README.md").decode()
-        assert "HIVE" in card and "trust_remote_code=True" in card and env["HF_TOKEN"] not in card
-        loader = ("import sys; sys.meta_path.insert(0, type('B', (), {'find_spec': lambda self, n, *a: "
-                  "(_ for _ in ()).throw(ImportError(n)) if n.split('.')[0] == 'hive_hf' else None})())\n"
-                  "from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor\n"
-                  "print(type(AutoModel.from_pretrained('user/hive-demo-stage1', trust_remote_code=True)).__name__)\n"
-                  "AutoModelForImageTextToText.from_pretrained('user/hive-demo-stage1', trust_remote_code=True)\n"
-                  "AutoProcessor.from_pretrained('user/hive-demo-stage1', trust_remote_code=True)\n")
-        load = subprocess.run([sys.executable, "-c", loader], cwd=tmp_path, env={**env, "HF_HOME": str(tmp_path / "fresh")},
-                              capture_output=True, text=True, timeout=300)
-        assert load.returncode == 0, load.stderr[-3000:]
-        assert "HiveVisionEncoderModel" in load.stdout

@@ -14,9 +14,10 @@ RUN_DIR (the layout of `hive_hf.training.staged_run.RunLayout`):
 Every finished stage becomes one commit per repository, in stage order, tagged `stage1`, `stage2`, `stage3`; the last
 stage is the branch head. `--dry-run` writes the exact folders locally instead of pushing.
 
-One module per job: `records` (what each stage did), `unpickling` (reading `training_args.bin` safely), `tables`
-(results as Markdown), `cards` (the Jinja model cards), `folders` (what each commit holds), `hub` (commits and tags),
-`cli` (the command). Trainer pushes during training are `hive_hf.training.hub.HiveHubCallback`.
+One module per job: `records` (what each stage did), `unpickling` (reading an older run's `training_args.bin`
+safely), `tables` (results as Markdown), `cards` (the Jinja model cards), `folders` (what each commit holds), `hub`
+(commits and tags; never a pickle), `cli` (the command). Pushes during training are
+`hive_hf.training.hub.HiveHubCallback`.
 """
 
 from .cards import CardOptions, as_hub_id, render_model_card

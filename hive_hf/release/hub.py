@@ -31,6 +31,16 @@ logger = logging.get_logger(__name__)
 
 # A stage commit replaces the weights: stale shards of an earlier release must not stay next to new weights.
 _WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin"]
+# What torch and pickle write (`torch.save`: training_args.bin, optimizer.pt, rng_state.pth, ...). Loading a pickle
+# runs whatever code it names, so none is ever pushed: weights go up as safetensors, records as JSON.
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
+
+
+def pickled_files(folder: str | os.PathLike) -> list[str]:
+    """The files under `folder` (relative paths) that `PICKLE_PATTERNS` name."""
+    folder = Path(folder)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and any(fnmatch.fnmatch(p.name, pattern) for pattern in PICKLE_PATTERNS))
 
 
 @dataclass
@@ -74,7 +84,8 @@ def _released_commit(api: HfApi, repo_id: str, tag: str, folder: Path, revision:
     return None if stale else commit
 
 
-def _tag_commit(api: HfApi, repo_id: str, tag: str, commit: str) -> None:
+def tag_commit(api: HfApi, repo_id: str, tag: str, commit: str) -> None:
+    """Point `tag` at `commit`, moving it (with a warning) if it points elsewhere."""
     tags = {t.name: t.target_commit for t in api.list_repo_refs(repo_id).tags}
     if tags.get(tag) == commit:
         return
@@ -90,13 +101,16 @@ def _push_stage(api: HfApi, repo_id: str, tag: str, folder: Path, revision: str 
         ModelCard.load(folder / "README.md").validate()  # the Hub's own check of the front matter
     except ValueError as err:
         raise ReleaseError(f"The model card for {repo_id} fails the Hub's validation: {err}") from err
+    pickles = pickled_files(folder)
+    if pickles:
+        raise ReleaseError(f"Refusing to push pickles to {repo_id}: {pickles} in {folder}.")
     commit = _released_commit(api, repo_id, tag, folder, revision)
     if commit is not None:
         logger.info(f"{repo_id}: {tag} is already released as commit {commit[:8]}")
         return commit
     commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message, revision=revision,
                                delete_patterns=_WEIGHT_PATTERNS).oid
-    _tag_commit(api, repo_id, tag, commit)
+    tag_commit(api, repo_id, tag, commit)
     logger.info(f"{repo_id}: {tag} is commit {commit[:8]}")
     return commit
 

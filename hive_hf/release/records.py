@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..training import HIVE_STAGES
+from ..training.arguments import read_training_args
 from ..training.staged_run import HIVE_STAGE_MARKER, RunLayout
 from .unpickling import load_training_args
 
@@ -41,11 +43,16 @@ class StageRecord:
 
 
 def training_hyperparameters(args: Any) -> dict[str, Any]:
-    """The optimization settings a card reports, from `TrainingArguments`: an allowlist, never tokens or paths."""
+    """The optimization settings a card reports, from `TrainingArguments` or their `to_dict()` (what
+    `training_args.json` holds): an allowlist, never tokens or paths."""
+    def get(name: str) -> Any:
+        value = args.get(name) if isinstance(args, Mapping) else getattr(args, name, None)
+        return getattr(value, "value", value)  # enums as their values, as in to_dict()
+
     names = ("learning_rate", "warmup_steps", "max_grad_norm", "per_device_train_batch_size",
              "gradient_accumulation_steps", "lr_scheduler_type", "weight_decay", "optim", "seed")
-    values = {name: getattr(getattr(args, name, None), "value", getattr(args, name, None)) for name in names}
-    values["precision"] = "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "fp32"
+    values = {name: get(name) for name in names}
+    values["precision"] = "bf16" if get("bf16") else "fp16" if get("fp16") else "fp32"
     return values
 
 
@@ -55,7 +62,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def stage_record_from_folder(folder: str | os.PathLike, stage: int | None = None) -> StageRecord:
     """A stage's record from the folder run_pretrain wrote (`hive_stage.json`, `trainer_state.json`,
-    `training_args.bin`); `stage` defaults to the one recorded there."""
+    `training_args.json`, or for runs from before it, the Trainer's pickled `training_args.bin` read with
+    `load_training_args`); `stage` defaults to the one recorded there."""
     folder = Path(folder)
     marker = _read_json(folder / HIVE_STAGE_MARKER)
     state = _read_json(folder / "trainer_state.json")
@@ -64,7 +72,9 @@ def stage_record_from_folder(folder: str | os.PathLike, stage: int | None = None
     losses = [entry["loss"] for entry in history if "loss" in entry]
     # The Trainer reports samples/s over the whole schedule's sample count, so their product is that count.
     per_second, runtime = marker.get("train_samples_per_second"), marker.get("train_runtime")
-    args = load_training_args(folder / "training_args.bin")
+    args = read_training_args(folder)
+    if args is None:
+        args = load_training_args(folder / "training_args.bin")
     return StageRecord(
         stage=stage if stage is not None else marker.get("stage", config.get("training_stage")),
         steps=state.get("global_step"),

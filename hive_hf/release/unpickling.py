@@ -1,4 +1,5 @@
-"""Reading a Trainer's `training_args.bin` (a pickle) without running code it names."""
+"""Reading a Trainer's `training_args.bin` (a pickle) without running code it names, for run folders from before
+stages recorded their arguments as `training_args.json`. Only local run folders are read: nothing pickled is pushed."""
 
 from __future__ import annotations
 

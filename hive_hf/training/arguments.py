@@ -1,4 +1,5 @@
-"""Argument plumbing shared by the example scripts: one JSON file plus flags, and per-stage `TrainingArguments`."""
+"""Argument plumbing shared by the example scripts: one JSON file plus flags, per-stage `TrainingArguments`, the Hub
+token kept out of them, and the arguments written as JSON."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import HubStrategy
 from transformers.utils import logging
 
 from .stages import TrainingStages
@@ -58,12 +60,71 @@ def parse_json_or_flags(parser: HfArgumentParser, argv: list[str] | None = None)
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+TRAINING_ARGS_JSON = "training_args.json"  # next to the Trainer's `training_args.bin`, which is a pickle
+# Hub strategies that upload checkpoint folders as they are: with the optimizer, scheduler and RNG state, which torch
+# saves as pickles.
+PICKLING_HUB_STRATEGIES = (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS)
+
+
+def take_hub_token(args: TrainingArguments) -> str | None:
+    """Take `--hub_token` out of `args` and return it, for the caller to hand to the Hub client in memory
+    (`hive_hf.training.hub.HubPushCallback(token=...)`).
+
+    Call it right after parsing. `TrainingArguments.to_dict` masks the token, but the Trainer also pickles its
+    arguments as they are into every checkpoint and saved model (`training_args.bin`), so a token left in them is
+    written to disk in clear text. A token from `HF_TOKEN` or `hf auth login` is never in the arguments: the Hub
+    client reads it itself.
+    """
+    token, args.hub_token = args.hub_token, None
+    return token
+
+
+def check_hub_strategy(strategy: HubStrategy | str) -> None:
+    """Refuse a `hub_strategy` that uploads checkpoint folders: their optimizer, scheduler and RNG state are pickles."""
+    strategy = HubStrategy(strategy)
+    if strategy in PICKLING_HUB_STRATEGIES:
+        raise ValueError(
+            f"`hub_strategy` must be 'every_save' or 'end', got {strategy.value!r}: it uploads whole checkpoint "
+            "folders, whose optimizer, scheduler and RNG state torch saves as pickles, and nothing pickled is pushed. "
+            "Checkpoints to resume from stay in --output_dir."
+        )
+
+
+def check_hub_settings(args: TrainingArguments) -> None:
+    """Refuse Hub settings that would put a secret or a pickle on disk or on the Hub (`ValueError` naming the
+    field): a `hub_token` left in the arguments, or a `hub_strategy` that uploads checkpoint folders."""
+    if args.hub_token is not None:
+        raise ValueError(
+            "`hub_token` is set in the training arguments, which the Trainer pickles into every checkpoint "
+            "(training_args.bin) with the token in clear text. Pass the token to the push callback instead "
+            "(HubPushCallback(token=...)), or use HF_TOKEN / `hf auth login`."
+        )
+    check_hub_strategy(args.hub_strategy)
+
+
+def write_training_args(args: TrainingArguments, folder: str | Path) -> Path:
+    """Write `args` as `training_args.json` in `folder` (`TrainingArguments.to_json_string`: tokens masked), what a
+    run's records and the Hub get instead of the pickled `training_args.bin`."""
+    path = Path(folder) / TRAINING_ARGS_JSON
+    path.write_text(args.to_json_string() + "\n")
+    return path
+
+
+def read_training_args(folder: str | Path) -> dict[str, Any] | None:
+    """The arguments `write_training_args` wrote into `folder`, or None if it wrote none."""
+    path = Path(folder) / TRAINING_ARGS_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def stage_training_args(
     args: TrainingArguments, stage: int, output_dir: str | Path, global_batch_size: int, **overrides: Any
 ) -> TrainingArguments:
     """Plain `TrainingArguments` for one stage: `args` with the stage's folder, run name, Hub repo and
     hyperparameters (`overrides`), and the gradient accumulation that makes up `global_batch_size` over
-    `per_device_train_batch_size` x processes."""
+    `per_device_train_batch_size` x processes.
+
+    `push_to_hub` is off in them: the Trainer's own pushes upload `training_args.bin`, a pickle of the arguments, so a
+    staged run pushes with `hive_hf.training.hub.HubPushCallback`, which reads the `hub_*` settings from them."""
     per_step = args.per_device_train_batch_size * args.world_size
     accumulation = max(1, math.ceil(global_batch_size / per_step))
     if accumulation * per_step != global_batch_size:
@@ -77,6 +138,7 @@ def stage_training_args(
         gradient_accumulation_steps=accumulation,
         run_name=f"{args.run_name or Path(args.output_dir).name}-stage{stage}",
         hub_model_id=f"{args.hub_model_id}-stage{stage}" if args.hub_model_id else None,
+        push_to_hub=False,
         **overrides,
     )
     return TrainingArguments(**plain)
@@ -130,6 +192,8 @@ class StagedTrainingArguments(TrainingArguments):
             raise ValueError(f"--stage_batch_sizes must be positive, got {self.stage_batch_sizes}.")
         if self.lora_r and 2 not in self.stages:
             raise ValueError(f"--lora_r {self.lora_r} applies to stage 2, which --stages {self.stages} does not run.")
+        if self.push_to_hub:
+            check_hub_strategy(self.hub_strategy)
 
     def _per_stage_flags(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if f.name in _PER_STAGE]

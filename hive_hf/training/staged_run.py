@@ -16,8 +16,9 @@ A run folder (`--output_dir`):
     stage<k>/checkpoint-<step>  the Trainer's checkpoints while stage k runs (`--save_steps`; kept for resuming)
     stage<k>/                   once stage k finished: the weights with config and processor, ready for
                                 `from_pretrained`; the marker (`hive_stage.json` / `vlm_stage.json`: metrics and loss
-                                history); all_results.json, train_results.json, trainer_state.json, training_args.bin;
-                                loss_curve.png
+                                history); all_results.json, train_results.json, trainer_state.json;
+                                training_args.json (the stage's arguments; the Trainer's training_args.bin holds
+                                the same pickled, and is never pushed); loss_curve.png
     loss_curves.png             every stage run, one after another
 """
 
@@ -42,7 +43,7 @@ from transformers import (
 from transformers.utils import logging
 
 from ..analysis.plots import plot_loss_curves
-from .arguments import StagedTrainingArguments
+from .arguments import StagedTrainingArguments, write_training_args
 from .stages import TrainingStages, apply_lora, last_complete_checkpoint, merge_lora
 from .trainer import HiveTrainer
 
@@ -131,7 +132,7 @@ class StagedRun:
         lr_multipliers: per-component learning-rate factors (`HiveTrainer`).
         apply_lora / merge_lora: how stage 2 puts LoRA adapters on the LLM (`args.lora_r > 0`) and folds them back.
         callbacks: more Trainer callbacks for every stage (e.g. `HiveHubCallback`).
-        after_save: called with the trainer once a stage's final weights are saved (e.g. `HiveHubCallback.push_card`).
+        after_save: called with the trainer once a stage's final weights are saved (e.g. `HubPushCallback.push_final`).
     """
 
     layout: RunLayout
@@ -186,6 +187,8 @@ class StagedRun:
         if lora:
             self.merge_lora(trainer.model)
         trainer.save_model(str(stage_dir))
+        if trainer.is_world_process_zero():
+            write_training_args(stage_args, stage_dir)
         if self.after_save is not None:
             self.after_save(trainer)
         metrics = dict(result.metrics)
