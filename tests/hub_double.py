@@ -315,11 +315,12 @@ class LocalHub:
             (constants, "HF_HUB_DISABLE_XET", True),
             (constants, "HF_HUB_DISABLE_TELEMETRY", True),
             (constants, "HF_HUB_OFFLINE", False),
-            (_http, "_HUB_ORIGINS", frozenset(_http._HUB_ORIGINS | {_http._url_origin(self.endpoint)})),
             # the module-level `HfApi()` behind `huggingface_hub.create_repo`, `upload_folder`, ...: endpoint frozen
             # when huggingface_hub was imported
             (hf_api_module.api, "endpoint", self.endpoint),
         ]
+        if hasattr(_http, "_HUB_ORIGINS"):  # huggingface_hub 2.x sends the token only to the origins it knows
+            patches.append((_http, "_HUB_ORIGINS", frozenset(_http._HUB_ORIGINS | {_http._url_origin(self.endpoint)})))
         if getattr(huggingface_hub, "HUGGINGFACE_CO_URL_TEMPLATE", None) is not None:
             patches.append((huggingface_hub, "HUGGINGFACE_CO_URL_TEMPLATE", patches[1][2]))
         if hf_home is not None:

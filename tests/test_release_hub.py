@@ -8,10 +8,10 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from huggingface_hub import ModelCard
 from huggingface_hub.hf_api import RepoFile
 
 from hive_hf.release import ReleaseError
+from hive_hf.release import hub as hub_module
 from hive_hf.release.hub import _git_blob_id, _push_stage, tag_commit
 
 REPO = "me/hive"
@@ -70,7 +70,7 @@ class FakeApi:
 
 @pytest.fixture
 def folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(ModelCard, "validate", lambda self, repo_type=None: None)  # the Hub's check, tested end to end
+    monkeypatch.setattr(hub_module, "validate_card", lambda card, api: None)  # the Hub's check, tested end to end
     stage = tmp_path / "stage1"
     stage.mkdir()
     (stage / "README.md").write_text("---\nlicense: other\n---\n# HIVE\n")
@@ -131,10 +131,10 @@ def test_a_tag_already_on_the_commit_is_left_alone():
 
 
 def test_a_card_the_hub_would_reject_stops_the_push(folder, monkeypatch):
-    def reject(self, repo_type=None):
+    def reject(card, api):
         raise ValueError("Invalid YAML metadata")
 
-    monkeypatch.setattr(ModelCard, "validate", reject)
+    monkeypatch.setattr(hub_module, "validate_card", reject)
     api = FakeApi()
     with pytest.raises(ReleaseError, match="fails the Hub's validation"):
         push(api, folder)

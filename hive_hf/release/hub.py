@@ -15,7 +15,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import get_session, hf_raise_for_status, validate_repo_id
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
@@ -95,10 +95,20 @@ def tag_commit(api: HfApi, repo_id: str, tag: str, commit: str) -> None:
     api.create_tag(repo_id, tag=tag, revision=commit, tag_message=f"HIVE pre-training {tag}")
 
 
+def validate_card(card: ModelCard, api: HfApi) -> None:
+    """The Hub's own check of a card's front matter (what `ModelCard.validate` asks), asked of the endpoint the release
+    pushes to: huggingface_hub 1.x's `validate` always asks huggingface.co, whatever `HF_ENDPOINT` says."""
+    response = get_session().post(f"{api.endpoint}/api/validate-yaml", headers={"Accept": "text/plain"},
+                                  json={"repoType": "model", "content": str(card)})
+    if response.status_code == 400:
+        raise ValueError(response.text)
+    hf_raise_for_status(response)
+
+
 def _push_stage(api: HfApi, repo_id: str, tag: str, folder: Path, revision: str | None, message: str) -> str:
     """Commit `folder` to `repo_id` and tag the commit; returns it. A stage released before is left as it is."""
     try:
-        ModelCard.load(folder / "README.md").validate()  # the Hub's own check of the front matter
+        validate_card(ModelCard.load(folder / "README.md"), api)
     except ValueError as err:
         raise ReleaseError(f"The model card for {repo_id} fails the Hub's validation: {err}") from err
     pickles = pickled_files(folder)
