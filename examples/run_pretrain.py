@@ -12,9 +12,13 @@ skipped and the interrupted one resumes from its last checkpoint.
     # real backbones and data (flags or a JSON file; flags after a JSON file override it)
     python examples/run_pretrain.py \
         --vision_model_name_or_path google/siglip-large-patch16-384 \
-        --text_model_name_or_path facebook/MobileLLM-350M \
+        --text_model_name_or_path facebook/MobileLLM-350M --text_model_type llama \
         --dataset /data/cc595k --image_column image --caption_column caption \
         --per_device_train_batch_size 32 --bf16 --output_dir runs/hive-siglip
+
+    # the paper's recipe, or the authors' released one (see the README for what differs)
+    python examples/run_pretrain.py examples/configs/paper.json --dataset /data/cc595k
+    python examples/run_pretrain.py examples/configs/authors_florence.json --dataset /data/cc3m_florence
 
     # several processes (CPU: gloo)
     torchrun --nproc_per_node=2 examples/run_pretrain.py examples/configs/demo.json --use_cpu True
@@ -42,13 +46,20 @@ from hive_hf import HiveForConditionalGeneration, HiveProcessor
 from hive_hf.analysis import plot_loss_curves
 from hive_hf.backbones import write_tiny_backbones
 from hive_hf.compat import AutoImageProcessor
-from hive_hf.configuration_hive import FUSION_MODES
+from hive_hf.configuration_hive import (
+    FUSION_MODES,
+    IMAGE_KV_MODES,
+    IMAGE_ROPE_MODES,
+    LLM_TRAIN_SCOPES,
+    PROJECTOR_TYPES,
+)
 from hive_hf.data import decode_image, load_caption_dataset
 from hive_hf.release import HiveHubCallback
 from hive_hf.training import (
-    STAGE_DEFAULTS,
+    STAGE_RECIPES,
     HiveCaptionCollator,
     HiveTrainer,
+    StageHyperparameters,
     apply_lora,
     last_complete_checkpoint,
     merge_lora,
@@ -58,9 +69,8 @@ from hive_hf.training.arguments import parse_json_or_flags, stage_training_args
 logger = logging.get_logger("hive_hf.run_pretrain")
 STAGE_MARKER = "hive_stage.json"
 
-
-def _stage_default(attr: str) -> list:
-    return [getattr(STAGE_DEFAULTS[s], attr) for s in (1, 2, 3)]
+# Joint-fusion options and their off values: a config written for joint (the demo's) still trains the other fusions.
+JOINT_ONLY = {"qk_norm": False, "image_rope": "none", "image_kv": None}
 
 
 @dataclass
@@ -73,6 +83,11 @@ class ModelArguments:
     )
     text_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Llama-family causal LM checkpoint (folder or Hub id), with its tokenizer."}
+    )
+    text_model_type: str | None = field(
+        default=None,
+        metadata={"help": "Load the LM as this architecture (e.g. llama) whatever its config names: MobileLLM's Hub "
+                          "checkpoints say model_type 'mobilellm' with custom code."},
     )
     tiny_backbones: bool = field(
         default=False,
@@ -92,10 +107,23 @@ class ModelArguments:
         default=None, metadata={"help": "LLM layers fed by the tapped layers; default: spread over the depth."}
     )
     connection_density: float = field(default=0.25, metadata={"help": "Fraction of encoder layers tapped."})
-    separate_image_kv: bool = field(
-        default=False,
-        metadata={"help": "joint only: separate image k/v projections initialised as copies of the layer's own "
-                          "(trainable from stage 1; the shared, frozen ones are the authors' stage-1 setting)."},
+    projector_type: str = field(
+        default="mlp_residual",
+        metadata={"help": f"One of {PROJECTOR_TYPES}: mlp_residual is the paper's text, ln_mlp the authors' code."},
+    )
+    qk_norm: bool = field(default=False, metadata={"help": "joint only: the authors' q/k RMSNorms (--mm_qknorm)."})
+    image_rope: str = field(
+        default="none",
+        metadata={"help": f"joint only, one of {IMAGE_ROPE_MODES}: 2d places the image after the tokenizer's prefix "
+                          "with a 2-D rotary (the authors' --mm_rope)."},
+    )
+    image_kv: list[str] | None = field(
+        default=None,
+        metadata={"help": f"joint only: per stage (1 2 3, or one for all) {IMAGE_KV_MODES}; the authors': shared "
+                          "separate separate. Default: shared."},
+    )
+    llm_train_scope: str = field(
+        default="all", metadata={"help": f"LLM weights stages 2-3 train, one of {LLM_TRAIN_SCOPES}."}
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
 
@@ -111,10 +139,16 @@ class ModelArguments:
             raise ValueError("--vision_model_name_or_path and --text_model_name_or_path go together; give both.")
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"--fusion must be one of {FUSION_MODES}, got {self.fusion!r}.")
-        if self.separate_image_kv and self.fusion != "joint":
-            # A joint-only refinement: a config written for joint (the demo's) still trains the other fusions.
-            logger.warning(f"--separate_image_kv applies to --fusion joint only; ignored for --fusion {self.fusion}")
-            self.separate_image_kv = False
+        for name, off in JOINT_ONLY.items():
+            if self.fusion != "joint" and getattr(self, name) not in (off, [off]):
+                logger.warning(f"--{name} applies to --fusion joint only; ignored for --fusion {self.fusion}")
+                setattr(self, name, off)
+
+    def config_kwargs(self) -> dict:
+        """The `HiveConfig` fields these arguments set."""
+        names = ("fusion", "connection_density", "vision_feature_layers", "cross_attention_layers", "projector_type",
+                 "qk_norm", "image_rope", "image_kv", "llm_train_scope")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 @dataclass
@@ -138,19 +172,21 @@ class DataArguments:
 @dataclass
 class HivePretrainingArguments(TrainingArguments):
     stages: list[int] = field(default_factory=lambda: [1, 2, 3], metadata={"help": "Stages to run, in order."})
-    stage_batch_sizes: list[int] = field(
-        default_factory=lambda: _stage_default("batch_size"),
+    recipe: str = field(
+        default="paper",
+        metadata={"help": f"Per-stage hyperparameters, one of {sorted(STAGE_RECIPES)} (hive_hf.training.stages); "
+                          "the --stage_* flags override its values. authors_florence also sets per stage the lr "
+                          "schedule, weight decay, Adam beta2 and seed, over --lr_scheduler_type and friends."},
+    )
+    stage_batch_sizes: list[int] | None = field(
+        default=None,
         metadata={"help": "Global batch per stage (1 2 3); gradient accumulation makes up the difference."},
     )
-    stage_epochs: list[float] = field(default_factory=lambda: _stage_default("epochs"), metadata={"help": "Epochs."})
-    stage_learning_rates: list[float] = field(
-        default_factory=lambda: _stage_default("learning_rate"), metadata={"help": "Peak learning rate per stage."}
-    )
-    stage_max_grad_norms: list[float] = field(
-        default_factory=lambda: _stage_default("max_grad_norm"), metadata={"help": "Gradient clipping per stage."}
-    )
-    stage_warmup_steps: list[int] = field(
-        default_factory=lambda: _stage_default("warmup_steps"), metadata={"help": "Linear warmup steps per stage."}
+    stage_epochs: list[float] | None = field(default=None, metadata={"help": "Epochs per stage."})
+    stage_learning_rates: list[float] | None = field(default=None, metadata={"help": "Peak learning rate per stage."})
+    stage_max_grad_norms: list[float] | None = field(default=None, metadata={"help": "Gradient clipping per stage."})
+    stage_warmup_steps: list[float] | None = field(
+        default=None, metadata={"help": "Linear warmup per stage: steps, or a fraction of the steps when below 1."}
     )
     stage_max_steps: list[int] = field(
         default_factory=lambda: [-1, -1, -1], metadata={"help": "Steps per stage; -1 runs the epochs instead."}
@@ -169,6 +205,13 @@ class HivePretrainingArguments(TrainingArguments):
         super().__post_init__()
         if not self.stages or sorted(set(self.stages)) != list(self.stages) or not set(self.stages) <= {1, 2, 3}:
             raise ValueError(f"--stages must be distinct stages from 1 2 3 in order, got {self.stages}.")
+        if self.recipe not in STAGE_RECIPES:
+            raise ValueError(f"--recipe must be one of {sorted(STAGE_RECIPES)}, got {self.recipe!r}.")
+        for name, attr in (("stage_batch_sizes", "batch_size"), ("stage_epochs", "epochs"),
+                           ("stage_learning_rates", "learning_rate"), ("stage_max_grad_norms", "max_grad_norm"),
+                           ("stage_warmup_steps", "warmup_steps")):
+            if getattr(self, name) is None:
+                setattr(self, name, [getattr(self.stage_recipe(s), attr) for s in (1, 2, 3)])
         for name in ("stage_batch_sizes", "stage_epochs", "stage_learning_rates", "stage_max_grad_norms",
                      "stage_warmup_steps", "stage_max_steps"):
             if len(getattr(self, name)) != 3:
@@ -177,6 +220,9 @@ class HivePretrainingArguments(TrainingArguments):
             raise ValueError(f"--stage_batch_sizes must be positive, got {self.stage_batch_sizes}.")
         if self.lora_r and 2 not in self.stages:
             raise ValueError(f"--lora_r {self.lora_r} applies to stage 2, which --stages {self.stages} does not run.")
+
+    def stage_recipe(self, stage: int) -> StageHyperparameters:
+        return STAGE_RECIPES[self.recipe][stage]
 
     @property
     def lr_multipliers(self) -> dict[str, float]:
@@ -190,6 +236,7 @@ class HivePretrainingArguments(TrainingArguments):
             self, stage, output_dir, self.stage_batch_sizes[i], learning_rate=self.stage_learning_rates[i],
             num_train_epochs=self.stage_epochs[i], max_steps=self.stage_max_steps[i],
             max_grad_norm=self.stage_max_grad_norms[i], warmup_steps=self.stage_warmup_steps[i],
+            **self.stage_recipe(stage).training_arguments(),
         )
 
 
@@ -232,11 +279,8 @@ def build_start(model_args, data_args, args, train_data, out: Path):
             )
         else:
             vision_path, text_path = model_args.vision_model_name_or_path, model_args.text_model_name_or_path
-        wiring = {k: getattr(model_args, k) for k in ("vision_feature_layers", "cross_attention_layers")
-                  if getattr(model_args, k) is not None}
         model = HiveForConditionalGeneration.from_vision_text_pretrained(
-            vision_path, text_path, fusion=model_args.fusion, connection_density=model_args.connection_density,
-            separate_image_kv=model_args.separate_image_kv, **wiring,
+            vision_path, text_path, text_model_type=model_args.text_model_type, **model_args.config_kwargs(),
         )
         processor = HiveProcessor.for_model_config(
             model.config, AutoImageProcessor.from_pretrained(vision_path), AutoTokenizer.from_pretrained(text_path),
@@ -324,7 +368,7 @@ def main() -> None:
         start = build_start(model_args, data_args, args, train_data, out)
         if args.process_index == 0:  # what was run, readable without unpickling training_args.bin (no tokens)
             stage_fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(HivePretrainingArguments)
-                            if f.name.startswith("stage") or f.name.startswith("lora_")}
+                            if f.name.startswith(("stage", "lora_", "recipe"))}
             record = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), **stage_fields}
             (out / "run_args.json").write_text(json.dumps(record, indent=2, default=str))
 

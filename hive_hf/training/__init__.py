@@ -2,7 +2,14 @@
 
 from .callback import HiveStageCallback, StageSetter
 from .collator import HiveCaptionCollator
-from .stages import STAGE_DEFAULTS, StageHyperparameters, apply_lora, last_complete_checkpoint, merge_lora
+from .stages import (
+    STAGE_DEFAULTS,
+    STAGE_RECIPES,
+    StageHyperparameters,
+    apply_lora,
+    last_complete_checkpoint,
+    merge_lora,
+)
 from .trainer import HiveTrainer, build_param_groups, model_component
 
 __all__ = [
@@ -10,6 +17,7 @@ __all__ = [
     "HiveStageCallback",
     "HiveTrainer",
     "STAGE_DEFAULTS",
+    "STAGE_RECIPES",
     "StageHyperparameters",
     "StageSetter",
     "apply_lora",
