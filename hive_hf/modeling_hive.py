@@ -265,10 +265,10 @@ def _mrope_components(head_dim: int, device: torch.device) -> torch.Tensor:
 
     The authors split the rotary channels 3/16 row, 3/16 column, 2/16 third (`mrope_section`), rows on the even and
     columns on the odd frequencies of the first 3/8 (`apply_multimodal_rotary_pos_emb`). Here every channel keeps its
-    own frequency and only picks its component by that rule. Their code instead moves frequency 2j to channel j
-    and 2m+1 to channel 12+m (a frequency-index permutation, also applied to text keys but not to queries), so their
-    fused layers' text-to-text logits stop depending on relative distance only; this does not copy that. Text keys,
-    whose three components are equal, therefore get exactly the queries' 1-D rotary.
+    own frequency and only picks its component by that rule. Their code instead (head_dim 64) moves frequency 2j to
+    channel j and 2m+1 to channel 12+m, a permutation it applies to text keys too but not to queries, so their fused
+    layers' text-to-text logits stop depending on relative distance only; that is not copied here. Text keys, whose
+    three components are equal, therefore get exactly the queries' 1-D rotary.
     """
     frequency = torch.arange(head_dim, device=device) % (head_dim // 2)
     interleaved = 2 * (3 * head_dim // 16)
@@ -843,7 +843,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
 
     def _text_placement(
         self, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, cache: Cache | None,
-        batch: int, seq_len: int,
+        batch: int, seq_len: int, num_image: int,
     ) -> HiveTextPlacement | None:
         """Joint fusion with `image_rope`: the fused layers' text positions, shifted past the image at
         `config.image_position` (the other layers keep theirs), and which text tokens see the image."""
@@ -855,7 +855,6 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             position_ids = torch.arange(past, past + seq_len, device=device)[None]
         position_ids = position_ids.expand(batch, -1)  # (B, T)
         follows = position_ids >= self.config.image_position
-        num_image = self.config.num_image_tokens
         shift = math.isqrt(num_image) if self.config.image_rope == "2d" else num_image
         cos, sin = self._rotary_embedding()(self.get_input_embeddings().weight, position_ids + follows * shift)
         sees_image = follows
@@ -919,7 +918,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         position_ids = _position_ids(attention_mask, position_ids, cache, seq_len)
         if image_key_values is not None:
-            placement = self._text_placement(attention_mask, position_ids, cache, text_batch, seq_len)
+            num_image = image_key_values[0][0].shape[-2]
+            placement = self._text_placement(attention_mask, position_ids, cache, text_batch, seq_len, num_image)
             kwargs.update(hive_image_kv=image_key_values, hive_attentions=attentions, hive_text_placement=placement)
         kwargs[CACHE_NAME] = cache
         out = self.language_model(
