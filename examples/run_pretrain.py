@@ -12,9 +12,13 @@ skipped and the interrupted one resumes from its last checkpoint.
     # real backbones and data (flags or a JSON file; flags after a JSON file override it)
     python examples/run_pretrain.py \
         --vision_model_name_or_path google/siglip-large-patch16-384 \
-        --text_model_name_or_path facebook/MobileLLM-350M \
+        --text_model_name_or_path facebook/MobileLLM-350M --text_model_type llama \
         --dataset /data/cc595k --image_column image --caption_column caption \
         --per_device_train_batch_size 32 --bf16 --output_dir runs/hive-siglip
+
+    # the paper's recipe, or the authors' released one (see the README for what differs)
+    python examples/run_pretrain.py examples/configs/paper.json --dataset /data/cc595k
+    python examples/run_pretrain.py examples/configs/authors_florence.json --dataset /data/cc3m_florence
 
     # several processes (CPU: gloo)
     torchrun --nproc_per_node=2 examples/run_pretrain.py examples/configs/demo.json --use_cpu True
@@ -33,10 +37,17 @@ from transformers.utils import logging
 
 from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveProcessor
 from hive_hf.compat import AutoImageProcessor
-from hive_hf.configuration_hive import FUSION_MODES
+from hive_hf.configuration_hive import (
+    FUSION_MODES,
+    IMAGE_KV_MODES,
+    IMAGE_ROPE_MODES,
+    LLM_TRAIN_SCOPES,
+    PROJECTOR_TYPES,
+)
 from hive_hf.data import check_source_exists, decode_image, load_caption_dataset
+from hive_hf.modeling_hive import causal_lm_config_as
 from hive_hf.tiny_backbones import tiny_configs, write_tiny_backbones
-from hive_hf.training import HIVE_STAGES, STAGE_DEFAULTS, HiveCaptionCollator
+from hive_hf.training import HIVE_STAGES, STAGE_RECIPES, HiveCaptionCollator, StageHyperparameters
 from hive_hf.training.arguments import (
     StagedTrainingArguments,
     parse_json_or_flags,
@@ -49,6 +60,9 @@ from hive_hf.training.staged_run import RunLayout, StagedRun
 
 logger = logging.get_logger("hive_hf.run_pretrain")
 
+# Joint-fusion options and their off values: a config written for joint (the demo's) still trains the other fusions.
+JOINT_ONLY = {"qk_norm": False, "image_rope": "none", "image_kv": None}
+
 
 @dataclass
 class ModelArguments:
@@ -60,6 +74,11 @@ class ModelArguments:
     )
     text_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Llama-family causal LM checkpoint (folder or Hub id), with its tokenizer."}
+    )
+    text_model_type: str | None = field(
+        default=None,
+        metadata={"help": "Load the LM as this architecture (e.g. llama) whatever its config names: MobileLLM's Hub "
+                          "checkpoints say model_type 'mobilellm' with custom code."},
     )
     tiny_backbones: bool = field(
         default=False,
@@ -79,10 +98,23 @@ class ModelArguments:
         default=None, metadata={"help": "LLM layers fed by the tapped layers; default: spread over the depth."}
     )
     connection_density: float = field(default=0.25, metadata={"help": "Fraction of encoder layers tapped."})
-    separate_image_kv: bool = field(
-        default=False,
-        metadata={"help": "joint only: separate image k/v projections initialised as copies of the layer's own "
-                          "(trainable from stage 1; the shared, frozen ones are the authors' stage-1 setting)."},
+    projector_type: str = field(
+        default="mlp_residual",
+        metadata={"help": f"One of {PROJECTOR_TYPES}: mlp_residual is the paper's text, ln_mlp the authors' code."},
+    )
+    qk_norm: bool = field(default=False, metadata={"help": "joint only: the authors' q/k RMSNorms (--mm_qknorm)."})
+    image_rope: str = field(
+        default="none",
+        metadata={"help": f"joint only, one of {IMAGE_ROPE_MODES}: 2d places the image after the tokenizer's prefix "
+                          "with a 2-D rotary (the authors' --mm_rope)."},
+    )
+    image_kv: list[str] | None = field(
+        default=None,
+        metadata={"help": f"joint only: per stage (1 2 3, or one for all) {IMAGE_KV_MODES}; the authors': shared "
+                          "separate separate. Default: shared."},
+    )
+    llm_train_scope: str = field(
+        default="all", metadata={"help": f"LLM weights stages 2-3 train, one of {LLM_TRAIN_SCOPES}."}
     )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
 
@@ -98,10 +130,10 @@ class ModelArguments:
             raise ValueError("--vision_model_name_or_path and --text_model_name_or_path go together; give both.")
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"--fusion must be one of {FUSION_MODES}, got {self.fusion!r}.")
-        if self.separate_image_kv and self.fusion != "joint":
-            # A joint-only refinement: a config written for joint (the demo's) still trains the other fusions.
-            logger.warning(f"--separate_image_kv applies to --fusion joint only; ignored for --fusion {self.fusion}")
-            self.separate_image_kv = False
+        for name, off in JOINT_ONLY.items():
+            if self.fusion != "joint" and getattr(self, name) not in (off, [off]):
+                logger.warning(f"--{name} applies to --fusion joint only; ignored for --fusion {self.fusion}")
+                setattr(self, name, off)
 
 
 @dataclass
@@ -129,22 +161,41 @@ class DataArguments:
 
 @dataclass
 class HivePretrainingArguments(StagedTrainingArguments):
-    """The paper's three stages (`STAGE_DEFAULTS`), plus per-stage clipping and warmup and per-component learning
-    rates."""
+    """The three stages with a named recipe of per-stage hyperparameters (`STAGE_RECIPES`: the paper's table or the
+    authors' released script), per-stage clipping and warmup, and per-component learning rates."""
 
     STAGES = HIVE_STAGES
-    STAGE_DEFAULTS = STAGE_DEFAULTS
 
-    stage_max_grad_norms: list[float] | None = field(
-        default=None, metadata={"help": "Gradient clipping per stage (default: the paper's)."}
+    recipe: str = field(
+        default="paper",
+        metadata={"help": f"Per-stage hyperparameters, one of {sorted(STAGE_RECIPES)} (hive_hf.training.stages); "
+                          "the --stage_* flags override its values. authors_florence also sets per stage the lr "
+                          "schedule, weight decay, Adam beta2 and seed, over --lr_scheduler_type and friends."},
     )
-    stage_warmup_steps: list[int] | None = field(
-        default=None, metadata={"help": "Linear warmup steps per stage (default: the paper's)."}
+    stage_max_grad_norms: list[float] | None = field(
+        default=None, metadata={"help": "Gradient clipping per stage (default: the recipe's)."}
+    )
+    stage_warmup_steps: list[float] | None = field(
+        default=None, metadata={"help": "Linear warmup per stage: steps, or a fraction of the steps when below 1 "
+                                        "(default: the recipe's)."}
     )
     vision_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for the vision encoder."})
     projector_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for the projectors."})
     fusion_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for new cross-attention."})
     llm_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for the LLM."})
+
+    def __post_init__(self):
+        if self.recipe not in STAGE_RECIPES:
+            raise ValueError(f"--recipe must be one of {sorted(STAGE_RECIPES)}, got {self.recipe!r}.")
+        super().__post_init__()
+
+    @property
+    def STAGE_DEFAULTS(self) -> dict[int, StageHyperparameters]:  # noqa: N802 (the base class's per-stage defaults)
+        return STAGE_RECIPES[self.recipe]
+
+    def stage_settings(self, stage: int) -> dict:
+        """What the recipe sets beyond the per-stage flags: schedule, weight decay, Adam beta2, seed."""
+        return self.STAGE_DEFAULTS[stage].training_arguments()
 
     @property
     def lr_multipliers(self) -> dict[str, float]:
@@ -174,10 +225,9 @@ def check_combinations(model_args: ModelArguments, data_args: DataArguments, arg
 
 def hive_config_kwargs(model_args: ModelArguments) -> dict:
     """The `HiveConfig` fields the flags set; the wiring lists only when given (else the paper's rule)."""
-    wiring = {k: getattr(model_args, k) for k in ("vision_feature_layers", "cross_attention_layers")
-              if getattr(model_args, k) is not None}
-    return {"fusion": model_args.fusion, "connection_density": model_args.connection_density,
-            "separate_image_kv": model_args.separate_image_kv, **wiring}
+    names = ("fusion", "connection_density", "vision_feature_layers", "cross_attention_layers", "projector_type",
+             "qk_norm", "image_rope", "image_kv", "llm_train_scope")
+    return {name: getattr(model_args, name) for name in names if getattr(model_args, name) is not None}
 
 
 def check_wiring(model_args: ModelArguments) -> None:
@@ -194,7 +244,10 @@ def check_wiring(model_args: ModelArguments) -> None:
         vision, text = tiny_configs()  # what write_tiny_backbones builds, its vocabulary aside
     else:
         vision = AutoConfig.from_pretrained(model_args.vision_model_name_or_path)
-        text = AutoConfig.from_pretrained(model_args.text_model_name_or_path)
+        if model_args.text_model_type:
+            text, _ = causal_lm_config_as(model_args.text_model_name_or_path, model_args.text_model_type)
+        else:
+            text = AutoConfig.from_pretrained(model_args.text_model_name_or_path)
     HiveConfig(vision_config=vision, text_config=text, **hive_config_kwargs(model_args))
 
 
@@ -216,7 +269,7 @@ def build_start(model_args: ModelArguments, data_args: DataArguments, args: Hive
         else:
             vision_path, text_path = model_args.vision_model_name_or_path, model_args.text_model_name_or_path
         model = HiveForConditionalGeneration.from_vision_text_pretrained(
-            vision_path, text_path, **hive_config_kwargs(model_args)
+            vision_path, text_path, text_model_type=model_args.text_model_type, **hive_config_kwargs(model_args)
         )
         processor = HiveProcessor.for_model_config(
             model.config, AutoImageProcessor.from_pretrained(vision_path), AutoTokenizer.from_pretrained(text_path),
@@ -254,7 +307,7 @@ def main() -> None:
         start = build_start(model_args, data_args, args, train_data, layout)
         if args.process_index == 0:  # what was run, readable without unpickling training_args.bin (no tokens)
             stage_fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(HivePretrainingArguments)
-                            if f.name.startswith("stage") or f.name.startswith("lora_")}
+                            if f.name.startswith(("stage", "lora_", "recipe"))}
             record = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), **stage_fields}
             layout.run_args.write_text(json.dumps(record, indent=2, default=str))
 

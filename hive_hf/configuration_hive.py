@@ -15,7 +15,18 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 FUSION_MODES = ("joint", "gated", "concat")
-LAYER_SELECTIONS = ("uniform", "late")
+LAYER_SELECTIONS = ("uniform", "late", "uniform_penultimate")
+# `mlp_residual`: the paper's text ("a 2-layer MLP with GELU and residual connections"); `ln_mlp`: the authors' released
+# code (`--mm_proj_type ln_mlp`): LayerNorm, then the 2-layer MLP without residual, xavier-uniform init.
+PROJECTOR_TYPES = ("mlp_residual", "mlp", "ln_mlp")
+# Where the image sits among the text in joint fusion: `none` nowhere (every text token sees it, image keys unrotated);
+# `1d` / `2d` at `image_position`, as the authors' `--mm_rope False` / `--mm_rope True`.
+IMAGE_ROPE_MODES = ("none", "1d", "2d")
+# Per training stage: image keys/values from the layer's own k/v projections (`shared`) or from separate copies.
+IMAGE_KV_MODES = ("shared", "separate")
+# What of the LLM trains in stages 2 and 3: everything, all but the input/output embeddings, or only the
+# self-attention of the fused layers (the authors' `mm_layer`).
+LLM_TRAIN_SCOPES = ("all", "all_but_embeddings", "fused_attention")
 
 # Vision towers whose class token aggregates the image: the paper spreads their taps uniformly.
 # Every other tower (SigLIP has no class token) is tapped in its later layers.
@@ -53,9 +64,13 @@ def select_vision_layers(num_layers: int, density: float, selection: str) -> lis
     """Tapped encoder layers by the paper's rule, as `hidden_states` indices (1 = first block's output).
 
     `uniform` spreads `round(density * num_layers)` taps evenly over the whole depth, ending at the last layer
-    (CLIP); `late` spreads them over the deeper half only (SigLIP, which has no class token).
+    (CLIP); `late` spreads them over the deeper half only (SigLIP, which has no class token);
+    `uniform_penultimate` spreads them evenly but ends at the penultimate block, which gives every list in the
+    authors' released script for SigLIP-L (8 of 24: `[2, 5, ..., 23]`; 6: `[3, 7, ..., 23]`; 4: `[5, 11, 17, 23]`).
     """
     count = max(1, round(density * num_layers))
+    if selection == "uniform_penultimate":
+        return spread_layers(num_layers, count)
     span = num_layers if selection == "uniform" else max(count, -(-num_layers // 2))
     start = num_layers - span
     return [start + round((i + 1) * span / count) for i in range(count)]
@@ -78,13 +93,17 @@ class HiveConfig(PreTrainedConfig):
             A Llama-family causal LM (Llama, Qwen2, Qwen3, Mistral, SmolLM, MobileLLM). Defaults to a
             MobileLLM-350M-shaped Llama.
         fusion (`str`, *optional*, defaults to `"joint"`):
-            `"joint"`: image keys/values are joined to the paired LLM layer's self-attention (the authors' code).
+            `"joint"`: image keys/values are joined to the paired LLM layer's self-attention (the authors'
+            realisation; with `projector_type="ln_mlp"`, `qk_norm=True`, `image_rope="2d"`,
+            `image_kv=["shared", "separate", "separate"]` and `llm_train_scope="fused_attention"` it computes what
+            their released code computes, see `examples/configs/authors_florence.json`).
             `"gated"`: a separate cross-attention block with a zero-initialised tanh gate before the paired layer.
             `"concat"`: the SA baseline; projected vision tokens are concatenated into the LLM input (LLaVA-style).
         vision_feature_layers (`list[int]`, *optional*):
             Tapped encoder layers as indices into the tower's `hidden_states`: 0 is the patch-embedding output,
             `i` the output of encoder block `i` (1-based), `num_hidden_layers` the last block (before any post
-            norm). The authors' SigLIP-L list, 0-based blocks 2,5,...,23, is `[3, 6, 9, 12, 15, 18, 21, 24]`.
+            norm). The authors' released SigLIP-L list is `[2, 5, 8, 11, 14, 17, 20, 23]` (their indices are
+            `hidden_states` indices too): the last block is never tapped.
             `None` derives them from `connection_density` and `layer_selection`; in concat mode `None` means the
             last layer, and exactly one layer is allowed.
         cross_attention_layers (`list[int]`, *optional*):
@@ -93,18 +112,45 @@ class HiveConfig(PreTrainedConfig):
         connection_density (`float`, *optional*, defaults to 0.25):
             Fraction of encoder layers tapped when `vision_feature_layers` is `None` (the paper's 25%).
         layer_selection (`str`, *optional*):
-            `"uniform"` or `"late"`; `None` picks `"uniform"` for class-token towers (CLIP) and `"late"` otherwise.
+            `"uniform"`, `"late"` or `"uniform_penultimate"` (see `select_vision_layers`); `None` picks `"uniform"`
+            for class-token towers (CLIP) and `"late"` otherwise.
         projector_hidden_size (`int`, *optional*):
             Width of the projector's hidden layer; `None` uses the LLM width.
+        projector_type (`str`, *optional*, defaults to `"mlp_residual"`):
+            The per-tap projector. `"mlp_residual"` (the paper's text): Linear -> act -> Linear plus the first
+            layer's output (needs `projector_hidden_size` equal to the LLM width), normal(`initializer_range`) init.
+            `"mlp"`: the same without the residual. `"ln_mlp"` (the authors' code, `--mm_proj_type ln_mlp`):
+            LayerNorm(vision width, eps = the LLM's `rms_norm_eps`) -> Linear -> act -> Linear, no residual,
+            xavier-uniform weights and zero biases. In joint mode the result then passes the paired layer's own
+            `input_layernorm`, as in the authors' code.
         projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
             Activation between the projector's two layers.
-        projector_residual (`bool`, *optional*, defaults to `True`):
-            Add the first layer's output to the second's (needs `projector_hidden_size` equal to the LLM width).
         projector_bias (`bool`, *optional*, defaults to `True`):
             Whether the projector's linear layers have biases.
-        separate_image_kv (`bool`, *optional*, defaults to `False`):
-            Joint mode only: project image keys/values with separate `image_k_proj`/`image_v_proj` copies of the
-            layer's own projections instead of sharing them.
+        qk_norm (`bool`, *optional*, defaults to `False`):
+            Joint mode only (the authors' `--mm_qknorm`): new RMSNorm(head_dim) q/k norms in each fused layer, eps =
+            the LLM's `rms_norm_eps`, weight 1 at init, applied after the rotary embedding to the text queries and to
+            all keys (text and image) whenever an image is present; trained in every stage.
+        image_rope (`str`, *optional*, defaults to `"none"`):
+            Joint mode only. `"none"`: image keys have no position and every text token sees the image. `"2d"` (the
+            authors' `--mm_rope True`): the image takes the place `image_position` in the text; image keys get a
+            2-D rotary embedding (row, column and a constant third component) around that place, text from
+            `image_position` on is shifted by sqrt(N) (N image tokens) and sees the image, earlier text does not.
+            Needs a square patch grid without a class token (SigLIP). `"1d"` (`--mm_rope False`): image keys at
+            positions `image_position + i`, later text shifted by N.
+        image_position (`int`, *optional*, defaults to 1):
+            With `image_rope`: the text position the image takes (text positions count real tokens only, so padding
+            does not move it). 1 is the authors' layout, `[BOS] <image> caption`; `HiveProcessor.for_model_config`
+            sets it to the length of the tokenizer's prefix.
+        image_kv (`str` or `list[str]`, *optional*):
+            Joint mode: per training stage (1, 2, 3) where image keys/values come from: `"shared"` (the layer's own
+            k/v projections, frozen with the LLM) or `"separate"` (`image_k_proj`/`image_v_proj`, copies of the
+            layer's own made when the first separate stage starts). One value applies to all stages. `None` is
+            `"shared"` throughout; the authors' recipe is `["shared", "separate", "separate"]` (`--mm_kvproj`).
+        llm_train_scope (`str`, *optional*, defaults to `"all"`):
+            What of the LLM trains in stages 2 and 3: `"all"`, `"all_but_embeddings"` (not `embed_tokens` /
+            `lm_head`), or `"fused_attention"` (only the self-attention projections of the fused layers, the
+            authors' `mm_layer`).
         image_token_id (`int`, *optional*):
             Concat mode: the placeholder token whose positions receive the vision tokens. `None` uses the text
             vocabulary size (an id no tokenizer emits unless a processor adds it).
@@ -137,10 +183,14 @@ class HiveConfig(PreTrainedConfig):
         connection_density: float = 0.25,
         layer_selection: str | None = None,
         projector_hidden_size: int | None = None,
+        projector_type: str = "mlp_residual",
         projector_hidden_act: str = "gelu",
-        projector_residual: bool = True,
         projector_bias: bool = True,
-        separate_image_kv: bool = False,
+        qk_norm: bool = False,
+        image_rope: str = "none",
+        image_position: int = 1,
+        image_kv: str | list[str] | None = None,
+        llm_train_scope: str = "all",
         image_token_id: int | None = None,
         training_stage: int | None = None,
         initializer_range: float = 0.02,
@@ -154,10 +204,22 @@ class HiveConfig(PreTrainedConfig):
         self.connection_density = connection_density
         self.layer_selection = layer_selection
         self.projector_hidden_size = projector_hidden_size
+        # Configs written before `projector_type` / `image_kv` existed carry `projector_residual` and
+        # `separate_image_kv` instead.
+        residual = kwargs.pop("projector_residual", None)
+        separate = kwargs.pop("separate_image_kv", None)
+        self.projector_type = "mlp" if residual is False and projector_type == "mlp_residual" else projector_type
         self.projector_hidden_act = projector_hidden_act
-        self.projector_residual = projector_residual
         self.projector_bias = projector_bias
-        self.separate_image_kv = separate_image_kv
+        self.qk_norm = qk_norm
+        self.image_rope = image_rope
+        self.image_position = image_position
+        if image_kv is None:
+            image_kv = "separate" if separate else "shared"
+        if isinstance(image_kv, (list, tuple)) and len(image_kv) == 1:
+            image_kv = image_kv[0]
+        self.image_kv = [image_kv] * 3 if isinstance(image_kv, str) else image_kv
+        self.llm_train_scope = llm_train_scope
         self.image_token_id = image_token_id
         self.training_stage = training_stage
         self.initializer_range = initializer_range
@@ -186,27 +248,68 @@ class HiveConfig(PreTrainedConfig):
                     f"`vision_config` ({self.vision_config.model_type!r}) has no integer `{field}`; HIVE needs a "
                     "ViT-style tower with per-layer hidden states (e.g. siglip_vision_model, clip_vision_model)."
                 )
-        if self.fusion not in FUSION_MODES:
-            raise ValueError(f"`fusion` must be one of {FUSION_MODES}, got {self.fusion!r}.")
+        _check_choice("fusion", self.fusion, FUSION_MODES)
         if not 0 < self.connection_density <= 1:
             raise ValueError(f"`connection_density` must be in (0, 1], got {self.connection_density!r}.")
-        if self.layer_selection is not None and self.layer_selection not in LAYER_SELECTIONS:
-            raise ValueError(
-                f"`layer_selection` must be one of {LAYER_SELECTIONS} or None, got {self.layer_selection!r}."
-            )
+        if self.layer_selection is not None:
+            _check_choice("layer_selection", self.layer_selection, LAYER_SELECTIONS)
         if self.training_stage not in (None, 1, 2, 3):
             raise ValueError(f"`training_stage` must be 1, 2, 3 or None, got {self.training_stage!r}.")
-        if self.separate_image_kv and self.fusion != "joint":
-            raise ValueError(
-                f"`separate_image_kv=True` applies to fusion='joint' only, got fusion={self.fusion!r}; "
-                "set separate_image_kv=False."
-            )
+        _check_choice("projector_type", self.projector_type, PROJECTOR_TYPES)
         text_width = self.text_config.hidden_size
-        if self.projector_residual and self.projector_hidden_size not in (None, text_width):
+        if self.projector_type == "mlp_residual" and self.projector_hidden_size not in (None, text_width):
             raise ValueError(
-                f"`projector_hidden_size` must equal the LLM width ({text_width}) when `projector_residual=True`, "
-                f"got {self.projector_hidden_size}; set projector_residual=False or projector_hidden_size=None."
+                f"`projector_hidden_size` must equal the LLM width ({text_width}) when "
+                f"`projector_type='mlp_residual'`, got {self.projector_hidden_size}; set projector_type='mlp' or "
+                "'ln_mlp', or projector_hidden_size=None."
             )
+        self._validate_joint_options()
+        _check_choice("llm_train_scope", self.llm_train_scope, LLM_TRAIN_SCOPES)
+        if self.llm_train_scope == "fused_attention" and self.fusion == "concat":
+            raise ValueError(
+                "`llm_train_scope='fused_attention'` trains the self-attention of the fused LLM layers, which "
+                "fusion='concat' does not have; use llm_train_scope='all' or 'all_but_embeddings'."
+            )
+
+    def _validate_joint_options(self) -> None:
+        """The options of the authors' joint attention: QK-norm, image positions and per-stage image k/v."""
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"`qk_norm` must be True or False, got {self.qk_norm!r}.")
+        _check_choice("image_rope", self.image_rope, IMAGE_ROPE_MODES)
+        if not isinstance(self.image_kv, (list, tuple)) or len(self.image_kv) != 3 or \
+                any(mode not in IMAGE_KV_MODES for mode in self.image_kv):
+            raise ValueError(
+                f"`image_kv` must be one of {IMAGE_KV_MODES} or a list of one per training stage (1, 2, 3), got "
+                f"{self.image_kv!r}; e.g. ['shared', 'separate', 'separate'] (the authors' recipe)."
+            )
+        if not isinstance(self.image_position, int) or self.image_position < 0:
+            raise ValueError(
+                f"`image_position` must be an integer >= 0 (a text position), got {self.image_position!r}."
+            )
+        joint_only = {"qk_norm": (self.qk_norm, False), "image_rope": (self.image_rope, "none"),
+                      "image_kv": (list(self.image_kv), ["shared"] * 3)}
+        for field, (value, off) in joint_only.items():
+            if self.fusion != "joint" and value != off:
+                raise ValueError(
+                    f"`{field}={value!r}` applies to fusion='joint' only, got fusion={self.fusion!r}; set "
+                    f"{field}={off!r}."
+                )
+        grid = self.vision_config.image_size // self.vision_config.patch_size
+        if self.image_rope == "2d" and self.num_image_tokens != grid * grid:
+            raise ValueError(
+                f"`image_rope='2d'` places image keys on their {grid}x{grid} patch grid, but this "
+                f"{self.vision_config.model_type!r} tower gives {self.num_image_tokens} tokens (a class token); use "
+                "image_rope='1d' or 'none'."
+            )
+
+    @property
+    def uses_separate_image_kv(self) -> bool:
+        """Whether any stage projects image keys/values with separate `image_k_proj` / `image_v_proj`."""
+        return "separate" in self.image_kv
+
+    def image_kv_for_stage(self, stage: int | None) -> str:
+        """`"shared"` or `"separate"`: the image key/value source in `stage` (`None`, not yet trained: stage 1)."""
+        return self.image_kv[(stage or 1) - 1]
 
     def _resolve_and_validate_layers(self) -> None:
         num_vision = self.vision_config.num_hidden_layers
@@ -275,14 +378,22 @@ def _sub_config(value: Any, default_type: str, defaults: dict, field: str) -> Pr
         value = dict(value.get("vision_config", value)) if field == "vision_config" else dict(value)
         model_type = value.pop("model_type", default_type)
         if model_type not in CONFIG_MAPPING:
+            hint = (" A Llama-shaped LM with its own model type (MobileLLM's 'mobilellm') loads as the Llama it is "
+                    "with `HiveForConditionalGeneration.from_vision_text_pretrained(..., text_model_type='llama')`."
+                    if field == "text_config" else "")
             raise ValueError(
                 f"`{field}` has model_type={model_type!r}, which this transformers release does not know; pass a "
-                f"config of a model type from transformers' CONFIG_MAPPING (e.g. {default_type!r})."
+                f"config of a model type from transformers' CONFIG_MAPPING (e.g. {default_type!r}).{hint}"
             )
         return CONFIG_MAPPING[model_type](**value)
     if isinstance(value, PreTrainedConfig):
         return getattr(value, "vision_config", value) if field == "vision_config" else value
     raise ValueError(f"`{field}` must be None, a dict or a PreTrainedConfig, got {type(value).__name__}.")
+
+
+def _check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{field}` must be one of {allowed}, got {value!r}.")
 
 
 def _check_layer_list(field: str, layers: list[int], low: int, high: int, meaning: str) -> None:

@@ -4,8 +4,10 @@ Reference: "Hierarchical Pre-Training of Vision Encoders with Large Language Mod
 (CVPR 2026 Workshops, arXiv 2604.00086).
 
 Three fusions share one class stack (`HiveConfig.fusion`):
-- `joint`  (the authors' code): at each paired LLM layer the projected features of one tapped encoder layer become
-  extra keys/values of that layer's self-attention; text queries see every image token plus the causal text.
+- `joint`  (the authors' realisation): at each paired LLM layer the projected features of one tapped encoder layer
+  become extra keys/values of that layer's self-attention. By default text queries see every image token plus the
+  causal text; the authors' options (`qk_norm`, `image_rope`, per-stage `image_kv`, `projector_type="ln_mlp"`) add
+  their q/k norms, place the image in the text with rotary positions, and so on (see `HiveConfig`).
 - `gated`  (the paper's equation read literally, as in Flamingo / Llama-3.2-Vision): a separate cross-attention block
   before the paired decoder layer, scaled by `tanh(gate)` with the gate initialised to zero.
 - `concat` (the SA baseline, LLaVA-style): one layer's projected tokens are put into the LLM's input sequence.
@@ -20,19 +22,29 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward, repeat_kv
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
@@ -74,21 +86,28 @@ def _pop_cache(cache: Cache | None, kwargs: dict[str, Any], legacy: Cache | None
 _JOINT_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 # What each pre-training stage trains (paper, Sec. 3.5): 1 the connector, 2 + the LLM, 3 + the vision encoder.
+# Within these, `HiveConfig.llm_train_scope` says which LLM weights count, and separate image k/v projections train
+# in the stages that use them (`HiveConfig.image_kv`).
 STAGE_COMPONENTS = {
     1: frozenset({"projector", "fusion"}),
     2: frozenset({"projector", "fusion", "llm"}),
     3: frozenset({"projector", "fusion", "llm", "vision"}),
 }
+_FUSION_NAMES = (".cross_attn.", ".image_k_proj.", ".image_v_proj.", ".hive_q_norm.", ".hive_k_norm.")
+_IMAGE_KV_NAMES = (".image_k_proj.", ".image_v_proj.")
+_EMBEDDING_NAMES = ("embed_tokens", "lm_head")
+# An LLM decoder layer's own self-attention (a gated layer wraps the decoder layer as `decoder_layer`).
+_SELF_ATTENTION = re.compile(r"\.layers\.(\d+)\.(?:decoder_layer\.)?self_attn\.")
 
 
 def parameter_component(name: str) -> str:
     """Which part of a HIVE model a parameter belongs to: `vision`, `projector`, `fusion` (the new cross-attention
-    weights, gates and separate image k/v projections inside the LLM) or `llm`."""
+    weights, gates, separate image k/v projections and QK-norms inside the LLM) or `llm`."""
     if name.startswith("vision_model."):
         return "vision"
     if name.startswith("projectors."):
         return "projector"
-    if ".cross_attn." in name or ".image_k_proj." in name or ".image_v_proj." in name:
+    if any(part in name for part in _FUSION_NAMES):
         return "fusion"
     return "llm"
 
@@ -160,19 +179,36 @@ class HiveCausalLMOutputWithPast(ModelOutput):
 # ---------------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------------
+class _XavierLinear(nn.Linear):
+    """A linear layer that `HivePreTrainedModel._init_weights` initialises xavier-uniform with zero bias (the init of
+    the authors' projector); otherwise an `nn.Linear`."""
+
+
 class HiveProjector(nn.Module):
-    """Maps one tapped encoder layer to the LLM width: a 2-layer GELU MLP with a residual around its second layer."""
+    """Maps one tapped encoder layer to the LLM width: a 2-layer MLP (`config.projector_type`).
+
+    `mlp_residual` (the paper's text): the first layer's output is added to the second's. `mlp`: no residual.
+    `ln_mlp` (the authors' code, `LlamaAttention_rework.mm_proj` with `--mm_proj_type ln_mlp`): a LayerNorm over the
+    vision width first, no residual, and xavier-uniform weights with zero biases.
+    """
 
     def __init__(self, config: HiveConfig):
         super().__init__()
-        text_width = config.text_config.hidden_size
+        text_width, vision_width = config.text_config.hidden_size, config.vision_config.hidden_size
         hidden = config.projector_hidden_size or text_width
-        self.residual = config.projector_residual
-        self.linear_1 = nn.Linear(config.vision_config.hidden_size, hidden, bias=config.projector_bias)
+        self.projector_type = config.projector_type
+        self.residual = config.projector_type == "mlp_residual"
+        # The authors' LayerNorm takes its eps from the LLM's `rms_norm_eps`.
+        eps = getattr(config.text_config, "rms_norm_eps", None) or 1e-5
+        self.norm = nn.LayerNorm(vision_width, eps=eps) if config.projector_type == "ln_mlp" else None
+        linear = _XavierLinear if config.projector_type == "ln_mlp" else nn.Linear
+        self.linear_1 = linear(vision_width, hidden, bias=config.projector_bias)
         self.act = ACT2FN[config.projector_hidden_act]
-        self.linear_2 = nn.Linear(hidden, text_width, bias=config.projector_bias)
+        self.linear_2 = linear(hidden, text_width, bias=config.projector_bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            features = self.norm(features)
         hidden = self.linear_1(features)  # (B, N, P)
         out = self.linear_2(self.act(hidden))  # (B, N, D_text)
         return out + hidden if self.residual else out
@@ -231,15 +267,69 @@ def _allowed_text_keys(attention_mask: torch.Tensor | None, q_len: int, kv_len: 
     return attention_mask == 0  # additive float mask: 0 keeps, dtype-min removes
 
 
+@dataclass
+class HiveTextPlacement:
+    """Where the text of one forward sits relative to the image (joint fusion with `image_rope`).
+
+    cos, sin (`torch.Tensor` of shape `(batch_size, sequence_length, head_dim)`):
+        The rotary embedding of each text token at its position shifted past the image (by sqrt(N) for `2d`, N for
+        `1d`), as in the authors' fused layers; the LLM's other layers keep the unshifted positions.
+    sees_image (`torch.BoolTensor` of shape `(batch_size, sequence_length)`):
+        Text at or after the image's place attends to it; text before it does not (padding does, harmlessly, so that
+        no query row is left with nothing to attend to).
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    sees_image: torch.Tensor
+
+
+def _mrope_components(head_dim: int, device: torch.device) -> torch.Tensor:
+    """(head_dim,) which position component rotates each channel of a 2-D image key: 0 row, 1 column, 2 the third.
+
+    The authors split the rotary channels 3/16 row, 3/16 column, 2/16 third (`mrope_section`), rows on the even and
+    columns on the odd frequencies of the first 3/8 (`apply_multimodal_rotary_pos_emb`). Here every channel keeps its
+    own frequency and only picks its component by that rule. Their code instead (head_dim 64) moves frequency 2j to
+    channel j and 2m+1 to channel 12+m, a permutation it applies to text keys too but not to queries, so their fused
+    layers' text-to-text logits stop depending on relative distance only; that is not copied here. Text keys, whose
+    three components are equal, therefore get exactly the queries' 1-D rotary.
+    """
+    frequency = torch.arange(head_dim, device=device) % (head_dim // 2)
+    interleaved = 2 * (3 * head_dim // 16)
+    return torch.where(frequency < interleaved, frequency % 2, torch.full_like(frequency, 2))
+
+
+def image_rotary(
+    rotary_emb: nn.Module, like: torch.Tensor, num_image: int, offset: int, mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary cos/sin `(1, N, head_dim)` of the image keys placed at text position `offset` (`image_rope`).
+
+    `1d`: positions `offset + i`. `2d`: patch i of the side-S grid (row-major, as the tower orders it) at row
+    `offset + i // S`, column `offset + i % S` and third component `offset + S // 2`, as the authors' code does.
+    `rotary_emb` is the LLM's own rotary module (same base, scaling and `attention_scaling`).
+    """
+    index = torch.arange(num_image, device=like.device)
+    if mode == "1d":
+        return rotary_emb(like, (offset + index)[None])
+    side = math.isqrt(num_image)
+    third = torch.full_like(index, offset + side // 2)
+    positions = torch.stack([offset + index // side, offset + index % side, third])  # (3, N)
+    cos, sin = rotary_emb(like, positions)  # (3, N, D): one row per component
+    pick = _mrope_components(cos.shape[-1], like.device)[None, None].expand(1, num_image, -1)  # (1, N, D)
+    return cos.gather(0, pick), sin.gather(0, pick)
+
+
 class HiveJointAttention(nn.Module):
     """A Llama-family self-attention whose text queries also attend to one tapped encoder layer (joint fusion).
 
     It adopts the original layer's projections under their original names (`q_proj`, ..., and Qwen3's
-    `q_norm`/`k_norm`), so the LLM's checkpoint keys are unchanged. Image keys get no rotary embedding: they
-    have no position in the text.
+    `q_norm`/`k_norm`), so the LLM's checkpoint keys are unchanged. With `qk_norm` it adds the authors' RMSNorm q/k
+    norms (`hive_q_norm`, `hive_k_norm`) after the rotary embedding; with `image_kv` "separate" in any stage it holds
+    `image_k_proj`/`image_v_proj`. Image keys come in rotated already (`image_key_values`), or unrotated when
+    `image_rope="none"`. Without an image it is exactly the LLM's own attention, as the authors' layer is.
     """
 
-    def __init__(self, attn: nn.Module, fusion_index: int, separate_image_kv: bool):
+    def __init__(self, attn: nn.Module, fusion_index: int, config: HiveConfig):
         super().__init__()
         for name in ("config", "layer_idx", "head_dim", "num_key_value_groups", "scaling", "attention_dropout"):
             setattr(self, name, getattr(attn, name))
@@ -249,11 +339,16 @@ class HiveJointAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
         self.q_norm = getattr(attn, "q_norm", None)
         self.k_norm = getattr(attn, "k_norm", None)
-        if separate_image_kv:  # initialised as copies; `HiveForConditionalGeneration` re-copies after loading an LLM
+        if config.uses_separate_image_kv:  # copies; re-copied after loading an LLM and when a separate stage starts
             self.image_k_proj = copy.deepcopy(attn.k_proj)
             self.image_v_proj = copy.deepcopy(attn.v_proj)
         else:
             self.image_k_proj = self.image_v_proj = None
+        if config.qk_norm:  # the authors' `--mm_qknorm`: eps from the LLM, weight 1 at init
+            eps = getattr(attn.config, "rms_norm_eps", None) or 1e-6
+            self.hive_q_norm, self.hive_k_norm = HiveRMSNorm(self.head_dim, eps), HiveRMSNorm(self.head_dim, eps)
+        else:
+            self.hive_q_norm = self.hive_k_norm = None
 
     def _heads(self, proj: nn.Module, states: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
         out = proj(states).view(*states.shape[:-1], -1, self.head_dim)  # (B, L, H, D)
@@ -261,10 +356,25 @@ class HiveJointAttention(nn.Module):
             out = norm(out)
         return out.transpose(1, 2)  # (B, H, L, D)
 
-    def image_key_values(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values of projected image features already normalised by the layer's input norm."""
-        key = self._heads(self.image_k_proj or self.k_proj, image_features, self.k_norm)
-        value = self._heads(self.image_v_proj or self.v_proj, image_features, None)
+    def image_key_values(
+        self,
+        image_features: torch.Tensor,
+        separate: bool = False,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of projected image features already normalised by the layer's input norm.
+
+        `separate`: use `image_k_proj`/`image_v_proj` instead of the layer's own projections. `rotary`: the image
+        keys' (cos, sin), `(1, N, D)`, from `image_rotary`. QK-norm comes last, after the rotary, as for text keys.
+        """
+        if separate and self.image_k_proj is None:
+            raise ValueError("This layer has no separate image k/v projections: set `image_kv` in the config.")
+        key = self._heads(self.image_k_proj if separate else self.k_proj, image_features, self.k_norm)
+        value = self._heads(self.image_v_proj if separate else self.v_proj, image_features, None)
+        if rotary is not None:
+            key, _ = apply_rotary_pos_emb(key, key, *rotary)
+        if self.hive_k_norm is not None:
+            key = self.hive_k_norm(key)
         return key, value  # each (B, H_kv, N, D)
 
     def forward(
@@ -276,31 +386,42 @@ class HiveJointAttention(nn.Module):
         hive_image_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
         hive_attentions: list | None = None,
         hive_text_attentions: list | None = None,
+        hive_text_placement: HiveTextPlacement | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         cache = _pop_cache(cache, kwargs)  # the decoder layer passes it as `cache` (5.24+) or `past_key_values`
         input_shape = hidden_states.shape[:-1]
+        image = hive_image_kv is not None
         query = self._heads(self.q_proj, hidden_states, self.q_norm)
         key = self._heads(self.k_proj, hidden_states, self.k_norm)
         value = self._heads(self.v_proj, hidden_states, None)
-        cos, sin = position_embeddings
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        if cache is not None:  # the cache holds text keys/values only
+        if image and hive_text_placement is not None:  # text after the image sits past it
+            position_embeddings = (hive_text_placement.cos, hive_text_placement.sin)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if image and self.hive_q_norm is not None:
+            query = self.hive_q_norm(query)
+        if cache is not None:  # the cache holds text keys/values only (rotated, before QK-norm, as the authors')
             key, value = cache.update(key, value, self.layer_idx)
         dropout = self.attention_dropout if self.training else 0.0
 
-        if hive_image_kv is None:  # no image in this batch: exactly the LLM's own attention
+        if not image:  # no image in this batch: exactly the LLM's own attention
             interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
             out, weights = interface(
                 self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
                 sliding_window=self.sliding_window, **kwargs,
             )
         else:
+            if self.hive_k_norm is not None:
+                key = self.hive_k_norm(key)
             image_key, image_value = hive_image_kv[self.fusion_index]
-            q_len, text_len, num_image = query.shape[2], key.shape[2], image_key.shape[2]
+            batch, q_len, text_len, num_image = query.shape[0], query.shape[2], key.shape[2], image_key.shape[2]
             allowed = _allowed_text_keys(attention_mask, q_len, text_len, query.device)
-            image_cols = allowed.new_ones((*allowed.shape[:3], num_image))
-            allowed = torch.cat([image_cols, allowed], dim=-1)  # (B|1, 1, T, N + S)
+            allowed = allowed.expand(batch, -1, -1, -1)
+            if hive_text_placement is None:
+                image_cols = allowed.new_ones((batch, 1, q_len, num_image))
+            else:
+                image_cols = hive_text_placement.sees_image[:, None, :, None].expand(-1, -1, -1, num_image)
+            allowed = torch.cat([image_cols, allowed], dim=-1)  # (B, 1, T, N + S)
             key = torch.cat([image_key.to(key.dtype), key], dim=2)  # (B, H_kv, N + S, D)
             value = torch.cat([image_value.to(value.dtype), value], dim=2)
             need_weights = hive_attentions is not None or self.config._attn_implementation == "eager"
@@ -396,6 +517,10 @@ class HivePreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, HiveGatedCrossAttention):
             init.zeros_(module.gate)  # the frozen LLM computes what it did before, at step 0
+        elif isinstance(module, _XavierLinear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, HiveRMSNorm):
             init.ones_(module.weight)
         elif isinstance(module, nn.Linear):
@@ -414,6 +539,9 @@ class HivePreTrainedModel(PreTrainedModel):
             if isinstance(module, HiveGatedCrossAttention):
                 for child in module.modules():
                     self._init_weights(child)
+            elif isinstance(module, HiveJointAttention) and module.hive_q_norm is not None:
+                self._init_weights(module.hive_q_norm)
+                self._init_weights(module.hive_k_norm)
 
 
 class HiveVisionEncoderModel(HivePreTrainedModel):
@@ -574,7 +702,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                     "input_layernorm); HIVE's joint and gated fusion need a Llama-family decoder."
                 )
             if fusion == "joint":
-                layer.self_attn = HiveJointAttention(layer.self_attn, index, self.config.separate_image_kv)
+                layer.self_attn = HiveJointAttention(layer.self_attn, index, self.config)
             else:
                 layer.cross_attn = HiveGatedCrossAttention(self.config.text_config, index)
                 layer.register_forward_pre_hook(_gated_cross_attention_hook, with_kwargs=True)
@@ -594,6 +722,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         text_name_or_path: str,
         vision_kwargs: dict | None = None,
         text_kwargs: dict | None = None,
+        text_model_type: str | None = None,
         **config_kwargs: Any,
     ) -> HiveForConditionalGeneration:
         """Compose a HIVE model from a pretrained vision checkpoint and a pretrained causal LM (local folder or Hub
@@ -604,17 +733,27 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         respective `from_pretrained` (e.g. `revision`); `config_kwargs` to `HiveConfig` (e.g. `fusion="gated"`),
         except `token`, which goes to both `from_pretrained` calls: a config keeps unknown keyword arguments and
         `save_pretrained` would write the token into config.json.
+
+        `text_model_type` (e.g. `"llama"`) loads the LM as that transformers architecture whatever model type its
+        `config.json` names, without running its custom code: for Llama-shaped LMs published with their own type,
+        such as MobileLLM (`model_type: "mobilellm"`, custom code for transformers 4.x). Its config's `auto_map` and
+        `architectures` are dropped and MobileLLM's `share_embedding` becomes `tie_word_embeddings`; every weight must
+        then load under the architecture's own names, or this raises.
         """
         token = {"token": config_kwargs.pop("token")} if "token" in config_kwargs else {}
         vision = load_vision_tower(vision_name_or_path, **token, **(vision_kwargs or {}))
-        llm = AutoModelForCausalLM.from_pretrained(text_name_or_path, **token, **(text_kwargs or {}))
+        text_kwargs = {**token, **(text_kwargs or {})}
+        if text_model_type is None:
+            llm = AutoModelForCausalLM.from_pretrained(text_name_or_path, **text_kwargs)
+        else:
+            llm = _load_causal_lm_as(text_name_or_path, text_model_type, text_kwargs)
 
         config = HiveConfig(vision_config=vision.config, text_config=llm.config, **config_kwargs)
         model = cls(config)
         model.vision_model.vision_tower.load_state_dict(vision.state_dict())
         result = model.language_model.load_state_dict(llm.state_dict(), strict=False)
         unexpected = list(result.unexpected_keys)
-        bad_missing = [k for k in result.missing_keys if ".cross_attn." not in k and ".image_" not in k]
+        bad_missing = [k for k in result.missing_keys if not any(part in k for part in _FUSION_NAMES)]
         if unexpected or bad_missing:
             raise ValueError(
                 f"The LLM checkpoint {text_name_or_path!r} does not fit the HIVE language model: missing "
@@ -673,23 +812,41 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
     def set_training_stage(self, stage: int) -> dict[str, dict[str, int]]:
         """Make exactly what `stage` trains trainable and freeze everything else.
 
-        Stage 1: the connector (projectors; in gated / separate-kv modes also the new cross-attention weights and
-        gates). Stage 2: + the LLM (only its LoRA adapters if the LLM carries `lora_` parameters). Stage 3: + the
-        vision encoder. The stage is recorded in `config.training_stage`. Returns `trainable_parameter_counts()`.
+        Stage 1: the connector (projectors, QK-norms; in gated mode the cross-attention weights and gates; separate
+        image k/v projections in the stages `config.image_kv` uses them). Stage 2: + the LLM weights in
+        `config.llm_train_scope` (only their LoRA adapters if the LLM carries `lora_` parameters). Stage 3: + the
+        vision encoder. Entering a stage with separate image k/v from a shared one (the authors' stage 2) first
+        copies each fused layer's k/v projections into them. The stage is recorded in `config.training_stage`.
+        Returns `trainable_parameter_counts()`.
         """
         if stage not in STAGE_COMPONENTS:
             raise ValueError(f"`stage` must be 1, 2 or 3, got {stage!r}.")
+        separate = self.config.image_kv_for_stage(stage) == "separate"
+        if separate and self.config.image_kv_for_stage(self.config.training_stage) == "shared":
+            self.copy_image_kv_from_text()
         components = STAGE_COMPONENTS[stage]
         has_lora = any("lora_" in name for name, _ in self.named_parameters())
         unused = self._unused_vision_parameters()
         for name, param in self.named_parameters():
             component = parameter_component(name)
             trainable = component in components and name not in unused
-            if component == "llm" and has_lora:
-                trainable = trainable and "lora_" in name
+            if component == "llm":
+                trainable = trainable and self._in_llm_train_scope(name) and (not has_lora or "lora_" in name)
+            elif any(part in name for part in _IMAGE_KV_NAMES):
+                trainable = trainable and separate
             param.requires_grad_(trainable)
         self.config.training_stage = stage
         return self.trainable_parameter_counts()
+
+    def _in_llm_train_scope(self, name: str) -> bool:
+        """Whether an LLM parameter is one `config.llm_train_scope` trains."""
+        scope = self.config.llm_train_scope
+        if scope == "all":
+            return True
+        if scope == "all_but_embeddings":
+            return not any(part in name for part in _EMBEDDING_NAMES)
+        match = _SELF_ATTENTION.search(name)  # fused_attention
+        return match is not None and int(match.group(1)) in self.config.cross_attention_layers
 
     def trainable_parameter_counts(self) -> dict[str, dict[str, int]]:
         """`{component: {"trainable": n, "total": n}}` for vision, projector, fusion and llm."""
@@ -712,19 +869,59 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             return self.vision_model.hierarchical_features(pixel_values)
 
     def get_image_key_values(self, pixel_values: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        """Per fused LLM layer the image (key, value), computed once per image. joint/gated only."""
+        """Per fused LLM layer the image (key, value), computed once per image. joint/gated only.
+
+        joint: from the layer's own or separate k/v projections as `config.image_kv` says for the current
+        `config.training_stage`, rotated for their place in the text with `config.image_rope`.
+        """
         if self.config.fusion == "concat":
             raise ValueError("fusion='concat' puts image tokens into the sequence; it has no image key/values.")
         projected = self.get_image_features(pixel_values, return_dict=True).pooler_output
         layers = self._decoder_layers()
+        separate = self.config.image_kv_for_stage(self.config.training_stage) == "separate"
+        rotary = None
+        if self.config.fusion == "joint" and self.config.image_rope != "none":
+            rotary = image_rotary(self._rotary_embedding(), self.get_input_embeddings().weight,
+                                  projected[0].shape[1], self.config.image_position, self.config.image_rope)
         image_kv = []
         for features, layer_idx in zip(projected, self.config.cross_attention_layers):
             layer = layers[layer_idx]
             if self.config.fusion == "joint":
-                image_kv.append(layer.self_attn.image_key_values(layer.input_layernorm(features)))
+                normed = layer.input_layernorm(features)  # the layer's own frozen norm, as for its text
+                image_kv.append(layer.self_attn.image_key_values(normed, separate=separate, rotary=rotary))
             else:
                 image_kv.append(layer.cross_attn.image_key_values(features))
         return tuple(image_kv)
+
+    def _rotary_embedding(self) -> nn.Module:
+        rotary = getattr(self.get_decoder(), "rotary_emb", None)
+        if rotary is None:
+            raise ValueError(
+                f"`image_rope={self.config.image_rope!r}` rotates image keys with the LLM's rotary embedding, and "
+                f"{type(self.get_decoder()).__name__} has no `rotary_emb`; set image_rope='none'."
+            )
+        return rotary
+
+    def _text_placement(
+        self, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, cache: Cache | None,
+        batch: int, seq_len: int, num_image: int,
+    ) -> HiveTextPlacement | None:
+        """Joint fusion with `image_rope`: the fused layers' text positions, shifted past the image at
+        `config.image_position` (the other layers keep theirs), and which text tokens see the image."""
+        if self.config.fusion != "joint" or self.config.image_rope == "none":
+            return None
+        device = self.get_input_embeddings().weight.device
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(past, past + seq_len, device=device)[None]
+        position_ids = position_ids.expand(batch, -1)  # (B, T)
+        follows = position_ids >= self.config.image_position
+        shift = math.isqrt(num_image) if self.config.image_rope == "2d" else num_image
+        cos, sin = self._rotary_embedding()(self.get_input_embeddings().weight, position_ids + follows * shift)
+        sees_image = follows
+        if attention_mask is not None and attention_mask.dim() == 2:
+            sees_image = sees_image | ~attention_mask[:, -seq_len:].bool()
+        return HiveTextPlacement(cos=cos, sin=sin, sees_image=sees_image)
 
     @can_return_tuple
     def get_image_features(
@@ -837,14 +1034,18 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         image_attentions = [] if record and image_key_values is not None else None
         text_attentions = [] if record and self.config.fusion == "joint" else None
         kwargs.update(hive_text_attentions=text_attentions)
-        if image_key_values is not None:
-            kwargs.update(hive_image_kv=image_key_values, hive_attentions=image_attentions)
         seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        position_ids = _position_ids(attention_mask, position_ids, seq_len)
+        if image_key_values is not None:
+            num_image = image_key_values[0][0].shape[-2]
+            placement = self._text_placement(attention_mask, position_ids, cache, text_batch, seq_len, num_image)
+            kwargs.update(hive_image_kv=image_key_values, hive_attentions=image_attentions,
+                          hive_text_placement=placement)
         kwargs[CACHE_NAME] = cache
         out = self.language_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=_position_ids(attention_mask, position_ids, seq_len),
+            position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
@@ -992,6 +1193,40 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if not is_first_iteration and kwargs.get("use_cache", True):
             model_inputs.pop("pixel_values", None)
         return model_inputs
+
+
+def causal_lm_config_as(path: str, model_type: str, **kwargs: Any) -> tuple[PreTrainedConfig, str | None]:
+    """The config of the LM at `path` read as transformers' `model_type` (see `from_vision_text_pretrained`'s
+    `text_model_type`), with its `auto_map` and `architectures` dropped and MobileLLM's `share_embedding` as tied
+    embeddings; and the model type the file names."""
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"`text_model_type` must be a model type this transformers release knows (e.g. 'llama'), got "
+            f"{model_type!r}."
+        )
+    config_class = CONFIG_MAPPING[model_type]
+    config_dict, _ = config_class.get_config_dict(path, **kwargs)
+    config_dict = dict(config_dict)
+    source_type = config_dict.pop("model_type", None)
+    for key in ("auto_map", "architectures"):  # they point at the custom code we are not running
+        config_dict.pop(key, None)
+    if config_dict.pop("share_embedding", False):  # MobileLLM: the LM head is the input embedding
+        config_dict["tie_word_embeddings"] = True
+    return config_class(**config_dict), source_type
+
+
+def _load_causal_lm_as(path: str, model_type: str, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """The causal LM at `path` loaded as transformers' `model_type` architecture (see `from_vision_text_pretrained`)."""
+    config, source_type = causal_lm_config_as(path, model_type, **kwargs)
+    llm, info = AutoModelForCausalLM.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    problems = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        raise ValueError(
+            f"{path!r} (model_type {source_type!r}) does not load as {model_type!r}: "
+            + "; ".join(f"{k.replace('_', ' ')} {v[:5]}" for k, v in problems.items() if v)
+        )
+    logger.info(f"Loaded {path!r} (model_type {source_type!r}) as {type(llm).__name__}")
+    return llm
 
 
 def _merge_layer_outputs(

@@ -58,11 +58,15 @@ class HiveProcessor(ProcessorMixin):
 
     @classmethod
     def for_model_config(cls, config, image_processor, tokenizer, **kwargs: Any) -> HiveProcessor:
-        """A processor matching `config` (a `HiveConfig`); in concat mode it also records the placeholder id in it."""
+        """A processor matching `config` (a `HiveConfig`); it records in `config` what the model needs to know of the
+        layout: the placeholder id in concat mode, and where the image sits (after the tokenizer's prefix, before the
+        prompt and caption) as `image_position` when joint fusion places it (`image_rope`)."""
         num_image_tokens = config.num_image_tokens if config.fusion == "concat" else 0
         processor = cls(image_processor, tokenizer, num_image_tokens=num_image_tokens, **kwargs)
         if num_image_tokens:
             config.image_token_id = processor.image_token_id
+        if getattr(config, "image_rope", "none") != "none":
+            config.image_position = len(processor.tokenizer("", add_special_tokens=True)["input_ids"])
         return processor
 
     @property

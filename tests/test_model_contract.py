@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 from PIL import Image
-from tiny import FUSIONS, set_gates, tiny_config, tiny_inputs, tiny_model
+from tiny import AUTHORS, FUSIONS, move_new_norms, set_gates, tiny_config, tiny_inputs, tiny_model
 from transformers import AutoModelForCausalLM, SiglipImageProcessorPil, pipeline
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -230,10 +230,12 @@ def test_reentrant_checkpointing_raises_where_it_cannot_work(fusion):
 
 
 # -- 10. continuing from a cache keeps the image -----------------------------------------------------------------------
-@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("fusion", [*FUSIONS, "joint_authors"])
 def test_continuing_from_a_cache_keeps_the_image(fusion):
-    model = tiny_model(fusion=fusion)
+    options = AUTHORS if fusion == "joint_authors" else {}
+    model = tiny_model(fusion=fusion.removesuffix("_authors"), **options)
     set_gates(model, 0.5)
+    move_new_norms(model)
     inputs = tiny_inputs(model.config)
     with torch.no_grad():
         full = model(**inputs).logits
@@ -249,10 +251,12 @@ def test_continuing_from_a_cache_keeps_the_image(fusion):
         assert not torch.allclose(blind[:, 4:], full[:, 4:], atol=1e-3)
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("fusion", [*FUSIONS, "joint_authors"])
 def test_generate_continues_from_a_returned_cache_with_the_image(fusion):
-    model = tiny_model(fusion=fusion)
+    options = AUTHORS if fusion == "joint_authors" else {}
+    model = tiny_model(fusion=fusion.removesuffix("_authors"), **options)
     set_gates(model, 0.5)
+    move_new_norms(model)
     inputs = tiny_inputs(model.config)
     if fusion == "concat":  # the cache holds the image positions: the sequence must too (HiveProcessor's placeholders)
         placeholders = torch.full((2, model.config.num_image_tokens), model.config.resolved_image_token_id)

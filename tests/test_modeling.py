@@ -4,7 +4,7 @@ import logging
 
 import pytest
 import torch
-from tiny import FUSIONS, TEXT, set_gates, tiny_config, tiny_inputs, tiny_model
+from tiny import AUTHORS, FUSIONS, TEXT, move_new_norms, set_gates, tiny_config, tiny_inputs, tiny_model
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -19,12 +19,15 @@ from hive_hf.modeling_hive import CHECKPOINTING, HiveGatedCrossAttention, HiveJo
 
 torch.set_grad_enabled(True)
 ATOL = 1e-5
+# Each fusion with today's defaults, and joint fusion with the authors' released options.
+VARIANTS = {fusion: {"fusion": fusion} for fusion in FUSIONS} | {"joint-authors": {"fusion": "joint", **AUTHORS}}
 
 
 def plain_llm(model: HiveForConditionalGeneration) -> torch.nn.Module:
     """The LLM the HIVE model was built from, without fusion, holding the same weights."""
     llm = AutoModelForCausalLM.from_config(model.config.text_config).eval()
-    state = {k: v for k, v in model.language_model.state_dict().items() if ".cross_attn." not in k and ".image_" not in k}
+    new = (".cross_attn.", ".image_", ".hive_")  # HIVE's own weights inside the LLM
+    state = {k: v for k, v in model.language_model.state_dict().items() if not any(n in k for n in new)}
     llm.load_state_dict(state)
     return llm
 
@@ -101,9 +104,9 @@ def test_structure_attributes():
         False, True, False, True]
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_without_pixels_it_is_the_plain_llm(fusion):
-    model = tiny_model(fusion=fusion)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_without_pixels_it_is_the_plain_llm(variant):
+    model = tiny_model(**VARIANTS[variant])
     inputs = tiny_inputs(model.config)
     ours = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
     theirs = plain_llm(model)(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
@@ -132,11 +135,12 @@ def test_image_changes_the_output_in_joint_and_concat():
 @pytest.mark.parametrize("separate", [False, True])
 @pytest.mark.parametrize("text", ["llama", "qwen3"])
 def test_joint_equals_a_naive_reference(text, separate):
-    """Explicit image+text key/value concatenation and an explicit softmax, from the module's own weights."""
+    """Explicit image+text key/value concatenation and an explicit softmax, from the module's own weights.
+    (The authors' options are checked against their own code in test_authors_reference.py.)"""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    model = tiny_model(fusion="joint", text=text, separate_image_kv=separate, vision_feature_layers=[3],
-                       cross_attention_layers=[2])
+    model = tiny_model(fusion="joint", text=text, image_kv="separate" if separate else "shared",
+                       vision_feature_layers=[3], cross_attention_layers=[2])
     if separate:  # make the separate projections differ from the shared ones, so the test can tell them apart
         torch.nn.init.normal_(model.language_model.model.layers[2].self_attn.image_k_proj.weight)
     inputs = tiny_inputs(model.config)
@@ -247,9 +251,9 @@ def test_output_attentions_are_text_to_image_weights(fusion):
 
 # -- padding ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_padding_gives_per_sample_results_of_unpadded_runs(fusion, side):
-    model = tiny_model(fusion=fusion)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padding_gives_per_sample_results_of_unpadded_runs(variant, side):
+    model = tiny_model(**VARIANTS[variant])
     set_gates(model, 0.5)
     inputs = tiny_inputs(model.config, seq=7)
     short = inputs["input_ids"][1, :4]
@@ -301,9 +305,13 @@ def test_input_errors_are_loud():
 
 
 # -- gradients --------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_every_parameter_receives_a_gradient(fusion):
-    model = tiny_model(fusion=fusion, separate_image_kv=fusion == "joint").train()
+@pytest.mark.parametrize("variant", [*FUSIONS, "joint-authors"])
+def test_every_parameter_receives_a_gradient(variant):
+    options = VARIANTS[variant] if variant == "joint-authors" else {"fusion": variant}
+    if variant == "joint":
+        options["image_kv"] = "separate"
+    model = tiny_model(**options).train()
+    model.config.training_stage = 2  # the authors' separate image k/v are in use from stage 2
     set_gates(model, 0.5)
     inputs = tiny_inputs(model.config)
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
@@ -336,9 +344,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(fusion):
 
 
 # -- generation ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_generate_with_and_without_cache_is_identical(fusion):
-    model = tiny_model(fusion=fusion)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generate_with_and_without_cache_is_identical(variant):
+    model = tiny_model(**VARIANTS[variant])
     set_gates(model, 0.5)
     inputs = tiny_inputs(model.config)
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
@@ -367,10 +375,13 @@ def test_generate_without_image_is_the_llm():
 
 
 # -- save / load --------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_save_and_reload_give_equal_logits(fusion, tmp_path):
-    model = tiny_model(fusion=fusion, vision="clip", text="qwen3")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_save_and_reload_give_equal_logits(variant, tmp_path):
+    # a class-token tower (CLIP) has no patch grid for the authors' 2-D image rotary
+    model = tiny_model(vision="siglip" if variant == "joint-authors" else "clip", text="qwen3", **VARIANTS[variant])
     set_gates(model, 0.3)
+    move_new_norms(model)
+    model.config.training_stage = 2  # the authors' separate image k/v in use
     inputs = tiny_inputs(model.config)
     before = model(**inputs).logits
     model.save_pretrained(tmp_path)
@@ -379,6 +390,8 @@ def test_save_and_reload_give_equal_logits(fusion, tmp_path):
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
     assert type(reloaded) is HiveForConditionalGeneration
     torch.testing.assert_close(reloaded(**inputs).logits, before, atol=0, rtol=0)
+    for key in ("projector_type", "qk_norm", "image_rope", "image_position", "image_kv", "llm_train_scope"):
+        assert getattr(reloaded.config, key) == getattr(model.config, key), key
     # AutoModel on the same folder gives the encoder with its trained weights.
     encoder = AutoModel.from_pretrained(tmp_path).eval()
     assert type(encoder) is HiveVisionEncoderModel
@@ -425,7 +438,8 @@ def test_from_vision_text_pretrained_keeps_both_weights_exactly(fusion, tmp_path
 
     kwargs = {} if fusion == "concat" else {"vision_feature_layers": [2, 4], "cross_attention_layers": [1, 3]}
     model = HiveForConditionalGeneration.from_vision_text_pretrained(
-        str(tmp_path / "siglip"), str(tmp_path / "llm"), fusion=fusion, separate_image_kv=fusion == "joint", **kwargs)
+        str(tmp_path / "siglip"), str(tmp_path / "llm"), fusion=fusion,
+        image_kv="separate" if fusion == "joint" else None, **kwargs)
     vision_state = two_tower.vision_model.state_dict()
     ours = model.vision_model.vision_tower.state_dict()
     assert vision_state.keys() == ours.keys()
@@ -457,3 +471,126 @@ def test_attend_matches_sdpa():
     b, w = _attend(q, k, v, allowed, 8**-0.5, 0.0, need_weights=True)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert w.shape == (2, 4, 5, 9) and (w[~allowed.expand_as(w)] == 0).all()
+
+
+# -- the authors' options -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("image_rope", ["2d", "1d", "none"])
+def test_text_before_the_image_does_not_see_it(image_rope):
+    model = tiny_model(image_rope=image_rope, image_position=3)
+    inputs = tiny_inputs(model.config)
+    other = dict(inputs, pixel_values=torch.randn_like(inputs["pixel_values"]))
+    a, b = model(**inputs).logits, model(**other).logits
+    if image_rope == "none":  # no place in the text: every token sees the image
+        assert (a - b).abs().amax(-1).min() > 1e-4
+    else:
+        torch.testing.assert_close(a[:, :3], b[:, :3], atol=0, rtol=0)
+        assert (a[:, 3:] - b[:, 3:]).abs().amax(-1).min() > 1e-4
+
+
+def test_image_rope_shifts_the_fused_layers_text_positions_only():
+    """The fused layers see text after the image sqrt(N) (2d) or N (1d) positions later; other layers do not."""
+    model = tiny_model(image_rope="2d", image_position=1)
+    n = model.config.num_image_tokens
+    captured = []
+    for layer in model.language_model.model.layers:
+        layer.self_attn.register_forward_pre_hook(lambda m, a, kw: captured.append(kw), with_kwargs=True)
+    model(**tiny_inputs(model.config, batch=1, seq=4))
+    placement = captured[1]["hive_text_placement"]
+    rotary = model.language_model.model.rotary_emb
+    weight = model.get_input_embeddings().weight
+    expected = rotary(weight, torch.tensor([[0, 1 + 4, 2 + 4, 3 + 4]]))  # sqrt(16) = 4
+    torch.testing.assert_close(placement.cos, expected[0])
+    torch.testing.assert_close(placement.sin, expected[1])
+    assert placement.sees_image.tolist() == [[False, True, True, True]]
+    unshifted = rotary(weight, torch.arange(4)[None])
+    torch.testing.assert_close(captured[0]["position_embeddings"][0], unshifted[0])
+    model.config.image_rope = "1d"
+    captured.clear()
+    model(**tiny_inputs(model.config, batch=1, seq=4))
+    expected = rotary(weight, torch.tensor([[0, 1 + n, 2 + n, 3 + n]]))
+    torch.testing.assert_close(captured[1]["hive_text_placement"].cos, expected[0])
+
+
+def test_ln_mlp_projector_is_the_authors():
+    model = tiny_model(projector_type="ln_mlp")
+    projector = model.projectors[0]
+    fan_in, fan_out = projector.linear_1.in_features, projector.linear_1.out_features
+    bound = (6 / (fan_in + fan_out)) ** 0.5  # xavier-uniform
+    for linear in (projector.linear_1, projector.linear_2):
+        assert linear.weight.abs().max() <= bound and linear.weight.std() > bound / 3
+        assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
+    assert torch.equal(projector.norm.weight, torch.ones(32)) and projector.norm.eps == 1e-6  # the LLM's rms_norm_eps
+    x = torch.randn(2, 5, 32)
+    expected = projector.linear_2(torch.nn.functional.gelu(projector.linear_1(torch.nn.functional.layer_norm(
+        x, (32,), projector.norm.weight, projector.norm.bias, 1e-6))))
+    torch.testing.assert_close(projector(x), expected)  # no residual
+    residual = tiny_model(projector_type="mlp_residual").projectors[0]
+    hidden = residual.linear_1(x)
+    torch.testing.assert_close(residual(x), residual.linear_2(residual.act(hidden)) + hidden)
+    assert residual.norm is None and residual.linear_1.weight.std() < 0.03  # normal(0.02)
+
+
+def test_qk_norms_are_new_weights_of_one_in_the_fused_layers_only():
+    model = tiny_model(qk_norm=True, text="qwen3")
+    for i, layer in enumerate(model.language_model.model.layers):
+        attn = layer.self_attn
+        if i in model.config.cross_attention_layers:
+            assert torch.equal(attn.hive_q_norm.weight, torch.ones(8)) and attn.hive_k_norm.variance_epsilon == 1e-6
+            assert attn.q_norm is not attn.hive_q_norm  # Qwen3 keeps its own (before the rotary)
+        else:
+            assert not hasattr(attn, "hive_q_norm")
+
+
+# -- a Llama-shaped LM published with its own model type ------------------------------------------------------------
+def write_mobilellm_like(folder, seed=0):
+    """What facebook/MobileLLM-* look like: `model_type: mobilellm` with `auto_map` into custom code, Llama weight
+    names, `share_embedding` (no `lm_head.weight` stored) with `tie_word_embeddings: false`."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    llama = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in TEXT["llama"].items() if k != "model_type"}))
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in llama.state_dict().items() if k != "lm_head.weight"},
+              folder / "model.safetensors", metadata={"format": "pt"})
+    config = {k: v for k, v in llama.config.to_dict().items() if k not in ("tie_word_embeddings", "architectures")}
+    config.update(model_type="mobilellm", architectures=["MobileLLMForCausalLM"], share_embedding=True,
+                  tie_word_embeddings=False, auto_map={
+                      "AutoConfig": "configuration_mobilellm.MobileLLMConfig",
+                      "AutoModelForCausalLM": "modeling_mobilellm.MobileLLMForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_mobilellm.py").write_text("raise ImportError('custom code must not run')\n")
+    (folder / "modeling_mobilellm.py").write_text("raise ImportError('custom code must not run')\n")
+    return llama
+
+
+def test_a_mobilellm_layout_loads_as_llama_by_an_explicit_choice(tmp_path):
+    from tiny import VISION
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    llama = write_mobilellm_like(tmp_path / "mobilellm").eval()
+    vision = SiglipVisionModel(SiglipVisionConfig(**{k: v for k, v in VISION["siglip"].items() if k != "model_type"}))
+    vision.save_pretrained(tmp_path / "siglip")
+    with pytest.raises(ValueError, match="trust_remote_code|mobilellm"):  # not without the choice
+        HiveForConditionalGeneration.from_vision_text_pretrained(str(tmp_path / "siglip"), str(tmp_path / "mobilellm"))
+    model = HiveForConditionalGeneration.from_vision_text_pretrained(
+        str(tmp_path / "siglip"), str(tmp_path / "mobilellm"), text_model_type="llama", fusion="gated",
+        vision_feature_layers=[2, 4], cross_attention_layers=[1, 3]).eval()
+    text = model.config.text_config
+    assert text.model_type == "llama" and text.tie_word_embeddings and not hasattr(text, "auto_map")
+    lm = model.language_model
+    assert type(lm).__name__ == "LlamaForCausalLM" and lm.lm_head.weight is lm.model.embed_tokens.weight
+    llama.tie_weights()  # the MobileLLM the folder holds: its head is its input embedding
+    llama.lm_head.weight = llama.model.embed_tokens.weight
+    ids = tiny_inputs(model.config)["input_ids"]
+    torch.testing.assert_close(model(input_ids=ids).logits, llama(input_ids=ids).logits, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="text_model_type"):
+        HiveForConditionalGeneration.from_vision_text_pretrained(
+            str(tmp_path / "siglip"), str(tmp_path / "mobilellm"), text_model_type="mobilellm")
+    config_file = tmp_path / "mobilellm" / "config.json"
+    config_file.write_text(config_file.read_text().replace('"num_hidden_layers": 4', '"num_hidden_layers": 5'))
+    with pytest.raises(ValueError, match="does not load as 'llama'.*missing keys"):
+        HiveForConditionalGeneration.from_vision_text_pretrained(
+            str(tmp_path / "siglip"), str(tmp_path / "mobilellm"), text_model_type="llama")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tiny import FUSIONS, set_gates, tiny_inputs, tiny_model
+from tiny import AUTHORS, FUSIONS, move_new_norms, set_gates, tiny_inputs, tiny_model
 from transformers import SiglipImageProcessorPil
 
 from hive_hf import HiveProcessor
@@ -63,10 +63,12 @@ LOADER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("fusion", [*FUSIONS, "joint-authors"])
 def test_remote_code_loads_with_equal_outputs(fusion, tmp_path):
-    model = tiny_model(fusion=fusion)
+    model = tiny_model(**({"fusion": "joint", **AUTHORS} if fusion == "joint-authors" else {"fusion": fusion}))
     set_gates(model, 0.4)
+    model.config.training_stage = 2  # separate image k/v in use with the authors' options
+    move_new_norms(model)
     inputs = tiny_inputs(model.config)
     with torch.no_grad():
         logits = model(**inputs).logits

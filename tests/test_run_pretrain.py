@@ -12,6 +12,8 @@ import pytest
 import torch
 from scripts import load_script, user_error
 
+from hive_hf.training.arguments import read_training_args
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_pretrain.py"
 DEMO = ROOT / "examples" / "configs" / "demo.json"
@@ -229,3 +231,80 @@ def test_fsdp_with_frozen_parameters(tmp_path):
     vision = "vision_model.vision_tower.encoder.layers.0.mlp.fc1.weight"
     assert torch.equal(init[vision], stage1[vision]) and not torch.equal(init[vision], stage3[vision])
     assert not torch.equal(init["projectors.0.linear_1.weight"], stage1["projectors.0.linear_1.weight"])
+
+
+# -- the two recipe configs ---------------------------------------------------------------------------------------------
+CONFIGS = ROOT / "examples" / "configs"
+
+
+def parse(monkeypatch, *args):
+    script = load_script("run_pretrain")
+    monkeypatch.setattr(sys, "argv", ["run_pretrain.py", *map(str, args)])
+    return script.parse_args()
+
+
+def test_the_authors_config_holds_their_released_recipe(monkeypatch, tmp_path):
+    """scripts/train/HIVE_florence.sh (eugenelet/HIVE @ a5160ce), stages 1-3, as `run_pretrain.py` reads the file."""
+    model_args, data_args, args = parse(monkeypatch, CONFIGS / "authors_florence.json", "--output_dir", tmp_path)
+    assert load_script("run_pretrain").hive_config_kwargs(model_args) == {
+        "fusion": "joint", "connection_density": 0.25, "vision_feature_layers": [2, 5, 8, 11, 14, 17, 20, 23],
+        "cross_attention_layers": [4, 9, 14, 19, 24, 29, 34, 39], "projector_type": "ln_mlp", "qk_norm": True,
+        "image_rope": "2d", "image_kv": ["shared", "separate", "separate"], "llm_train_scope": "fused_attention"}
+    assert model_args.text_model_type == "llama" and data_args.max_caption_length == 2048
+    script_flags = {  # stage: (global batch, epochs, lr, scheduler, min lr rate, clip, beta2, seed)
+        1: (256, 0.2, 1e-3, "cosine_with_min_lr", 0.1, 1.0, 0.999, 40),
+        2: (1024, 1, 1e-4, "cosine_with_min_lr", 0.1, 0.6, 0.95, 41),
+        3: (1024, 1, 5e-6, "cosine", None, 0.8, 0.95, 42),
+    }
+    for stage, (batch, epochs, lr, schedule, min_lr, clip, beta2, seed) in script_flags.items():
+        stage_args = args.for_stage(stage, tmp_path / f"stage{stage}")
+        assert stage_args.per_device_train_batch_size * stage_args.gradient_accumulation_steps == batch
+        assert (stage_args.num_train_epochs, stage_args.learning_rate, stage_args.max_grad_norm) == (epochs, lr, clip)
+        assert stage_args.lr_scheduler_type.value == schedule
+        assert (stage_args.lr_scheduler_kwargs or {}).get("min_lr_rate") == min_lr
+        assert (stage_args.adam_beta2, stage_args.seed, stage_args.weight_decay) == (beta2, seed, 1e-5)
+        assert stage_args.get_warmup_steps(1000) == 30  # warmup ratio 0.03
+    # a flag after the file overrides the recipe
+    _, _, args = parse(monkeypatch, CONFIGS / "authors_florence.json", "--output_dir", tmp_path,
+                       "--stage_learning_rates", "1", "2", "3")
+    assert args.for_stage(2, tmp_path).learning_rate == 2
+
+
+def test_the_paper_config_holds_the_papers_table(monkeypatch, tmp_path):
+    model_args, data_args, args = parse(monkeypatch, CONFIGS / "paper.json", "--output_dir", tmp_path)
+    assert load_script("run_pretrain").hive_config_kwargs(model_args)["projector_type"] == "mlp_residual" and data_args.max_caption_length == 77
+    assert (model_args.qk_norm, model_args.image_rope, model_args.llm_train_scope) == (False, "none", "all")
+    table = {1: (256, 1, 1e-3, 1.0, 70), 2: (256, 2, 1e-4, 10.0, 140), 3: (1024, 1, 5e-6, 10.0, 18)}
+    for stage, (batch, epochs, lr, clip, warmup) in table.items():
+        stage_args = args.for_stage(stage, tmp_path / f"stage{stage}")
+        assert stage_args.per_device_train_batch_size * stage_args.gradient_accumulation_steps == batch
+        assert (stage_args.num_train_epochs, stage_args.learning_rate, stage_args.max_grad_norm) == (epochs, lr, clip)
+        assert stage_args.get_warmup_steps(1000) == warmup and stage_args.lr_scheduler_type.value == "cosine"
+        assert (stage_args.weight_decay, stage_args.seed) == (args.weight_decay, args.seed)  # the run's own
+
+
+def test_the_authors_config_runs_on_a_mobilellm_layout(tmp_path):
+    """The file as given, with tiny backbones (the LM in MobileLLM's Hub layout) and tiny data swapped in."""
+    from hive_hf.data import make_shapes_dataset
+    from hive_hf.tiny_backbones import write_tiny_backbones
+
+    vision, text = write_tiny_backbones(tmp_path / "backbones", make_shapes_dataset(32, image_size=32)["caption"])
+    config_file = Path(text) / "config.json"
+    config = json.loads(config_file.read_text())
+    config.update(model_type="mobilellm", architectures=["MobileLLMForCausalLM"], share_embedding=True,
+                  tie_word_embeddings=False, auto_map={"AutoModelForCausalLM": "modeling_mobilellm.MobileLLM"})
+    config_file.write_text(json.dumps(config))
+    out = tmp_path / "run"
+    proc = run([CONFIGS / "authors_florence.json", "--vision_model_name_or_path", vision, "--text_model_name_or_path",
+                text, "--vision_feature_layers", "1", "3", "--cross_attention_layers", "1", "3", "--output_dir", out,
+                "--use_cpu", "True", "--max_train_samples", "32", "--per_device_train_batch_size",
+                "4", "--stage_batch_sizes", "4", "4", "4", "--stage_max_steps", "2", "2", "2", "--disable_tqdm", "True"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = [json.loads((out / f"stage{s}" / "config.json").read_text()) for s in (1, 2, 3)]
+    assert [c["training_stage"] for c in saved] == [1, 2, 3]
+    assert saved[0]["image_kv"] == ["shared", "separate", "separate"] and saved[0]["text_config"]["model_type"] == "llama"
+    assert saved[0]["image_position"] == 1  # after the tokenizer's BOS
+    state = json.loads((out / "stage2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    args = read_training_args(out / "stage2")
+    assert (args["seed"], args["adam_beta2"], args["max_grad_norm"]) == (41, 0.95, 0.6)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from tiny import set_gates, tiny_config, tiny_model
+from tiny import AUTHORS, set_gates, tiny_config, tiny_model
 from transformers import SiglipImageProcessorPil, TrainerCallback, TrainingArguments
 
 from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveProcessor
@@ -56,7 +56,7 @@ def changed(before, model, component):
 # -- set_training_stage -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fusion, separate", [("joint", False), ("joint", True), ("gated", False), ("concat", False)])
 def test_stages_train_exactly_their_components(fusion, separate):
-    model = tiny_model(fusion=fusion, separate_image_kv=separate)
+    model = tiny_model(fusion=fusion, image_kv="separate" if separate else "shared")
     unused = model._unused_vision_parameters()
     assert unused and all("post_layernorm" in n or ".head." in n for n in unused)  # deepest tap is the last block
     for stage, expected in [(1, {"projector", "fusion"}), (2, {"projector", "fusion", "llm"}),
@@ -71,6 +71,52 @@ def test_stages_train_exactly_their_components(fusion, separate):
     assert (counts["fusion"]["total"] > 0) == has_fusion
     with pytest.raises(ValueError, match="`stage` must be 1, 2 or 3, got 4"):
         model.set_training_stage(4)
+
+
+def _trainable(model, stage):
+    model.set_training_stage(stage)
+    return {n.replace("language_model.model.", "") for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_the_authors_recipe_trains_what_their_tunable_parts_name():
+    """HIVE_florence.sh: stage 1 `mm_mlp_adapter,mm_qknorm`, stage 2 `+ mm_layer`, stage 3 `+ mm_vision_tower`."""
+    model = tiny_model(**AUTHORS)
+    projectors = {n for n, _ in model.named_parameters() if n.startswith("projectors.")}
+    qk_norms = {f"layers.{i}.self_attn.hive_{q}_norm.weight" for i in (1, 3) for q in "qk"}
+    mm_layer = {f"layers.{i}.self_attn.{p}_proj.weight" for i in (1, 3)
+                for p in ("q", "k", "v", "o", "image_k", "image_v")}
+    assert _trainable(model, 1) == projectors | qk_norms  # the image uses the layer's own, frozen k/v
+    assert _trainable(model, 2) == projectors | qk_norms | mm_layer  # no embeddings, norms, MLPs or other layers
+    vision = {n for n in _trainable(model, 3) if n.startswith("vision_model.")}
+    assert _trainable(model, 3) == projectors | qk_norms | mm_layer | vision
+    assert vision == {n for n, _ in model.vision_model.named_parameters(prefix="vision_model")} - \
+        model._unused_vision_parameters()
+
+
+@pytest.mark.parametrize("scope", ["all", "all_but_embeddings"])
+def test_llm_train_scope(scope):
+    model = tiny_model(llm_train_scope=scope)
+    llm = {n for n, _ in model.language_model.model.named_parameters()}  # embed_tokens is also the (tied) lm_head
+    trained = {n for n in _trainable(model, 2) if not n.startswith("projectors.")}
+    assert trained == (llm if scope == "all" else {n for n in llm if not n.startswith("embed_tokens.")})
+
+
+def test_separate_image_kv_are_copied_when_the_first_separate_stage_starts():
+    model = tiny_model(**AUTHORS)
+    attn = model.language_model.model.layers[1].self_attn
+    with torch.no_grad():
+        attn.image_k_proj.weight.add_(1.0)  # e.g. a stage-1 checkpoint made before the LLM's k/v were loaded
+    model.set_training_stage(1)
+    assert not torch.equal(attn.image_k_proj.weight, attn.k_proj.weight)  # stage 1 does not use them
+    model.set_training_stage(2)
+    assert torch.equal(attn.image_k_proj.weight, attn.k_proj.weight)
+    assert torch.equal(attn.image_v_proj.weight, attn.v_proj.weight)
+    assert attn.image_k_proj.weight is not attn.k_proj.weight
+    with torch.no_grad():
+        attn.image_k_proj.weight.add_(1.0)  # trained in stage 2
+    model.set_training_stage(2)  # re-applied (the callback does at train start) and stage 3: kept, not re-copied
+    model.set_training_stage(3)
+    assert not torch.equal(attn.image_k_proj.weight, attn.k_proj.weight)
 
 
 def test_blocks_after_the_deepest_tap_stay_frozen_in_stage_3():
@@ -157,6 +203,25 @@ def test_three_stages_change_exactly_what_they_train(fusion, shapes, tmp_path):
     assert HiveConfig.from_pretrained(tmp_path / "final").training_stage == 3
     state = trainer.state.stateful_callbacks["HiveStageCallback"]
     assert state["args"]["stage"] == 3
+
+
+def test_the_authors_recipe_over_stages_1_and_2(shapes, tmp_path):
+    """Stage 1 moves only projectors and QK-norms (the image through the frozen k/v); stage 2 the fused attention."""
+    model, processor = setup(shapes, image_position=4, **AUTHORS)
+    collator = HiveCaptionCollator(processor)
+    assert model.config.image_position == 1  # set by the processor: after its prefix, [BOS]
+    before = snapshot(model)
+    HiveTrainer(model=model, args=train_args(tmp_path / "s1"), train_dataset=shapes, data_collator=collator,
+                stage=1).train()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert moved == {n for n in before if n.startswith("projectors.") or "hive_" in n}
+    before = snapshot(model)
+    HiveTrainer(model=model, args=train_args(tmp_path / "s2"), train_dataset=shapes, data_collator=collator,
+                stage=2).train()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    fused = {n for n in before if n.startswith(("language_model.model.layers.1.self_attn.",
+                                                "language_model.model.layers.3.self_attn."))}
+    assert moved == {n for n in before if n.startswith("projectors.")} | fused
 
 
 def test_stage_is_saved_in_checkpoints(shapes, tmp_path):

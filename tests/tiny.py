@@ -28,6 +28,9 @@ TEXT = {
     "mistral": {"model_type": "mistral", "tie_word_embeddings": False, "sliding_window": None, **_TEXT_COMMON},
 }
 FUSIONS = ("joint", "gated", "concat")
+# The authors' released options for joint fusion (examples/configs/authors_florence.json), on the tiny shapes.
+AUTHORS = {"projector_type": "ln_mlp", "qk_norm": True, "image_rope": "2d", "image_kv": ["shared", "separate", "separate"],
+           "llm_train_scope": "fused_attention"}
 
 
 def tiny_config(vision: str = "siglip", text: str = "llama", fusion: str = "joint", **kwargs) -> HiveConfig:
@@ -59,3 +62,12 @@ def set_gates(model: torch.nn.Module, value: float) -> None:
         for name, param in model.named_parameters():
             if name.endswith("cross_attn.gate"):
                 param.fill_(value)
+
+
+def move_new_norms(model: torch.nn.Module, by: float = 0.5) -> None:
+    """Move HIVE's own norms (QK-norms, the `ln_mlp` projector's LayerNorm) off their init values, so that a test can
+    tell a loaded one from a re-initialised one."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "hive_" in name or name.startswith("projectors.") and ".norm." in name:
+                param.add_(by)

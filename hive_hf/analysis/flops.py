@@ -46,9 +46,9 @@ logger = logging.get_logger(__name__)
 class EfficiencyShapes:
     """A SigLIP-shaped vision tower and a Llama-shaped LLM, and the batch a training step sees.
 
-    `num_taps` encoder layers are tapped, spread over the encoder depth and ending at its last layer (8 of 24 gives
-    the authors' `[3, 6, ..., 24]`); they feed as many LLM layers spread over the LLM depth. The SA baseline
-    (`concat`) takes the last encoder layer.
+    `num_taps` encoder layers are tapped, spread over the encoder depth and ending at its penultimate block, as in
+    the authors' released script (8 of 24 gives their `[2, 5, ..., 23]`); they feed as many LLM layers spread over
+    the LLM depth. The SA baseline (`concat`) takes the last encoder layer.
     """
 
     batch_size: int = 1
@@ -109,7 +109,7 @@ class EfficiencyShapes:
             "eos_token_id": 2,
             "max_position_embeddings": max(2048, self.text_length + self.num_image_tokens),
         }
-        taps = None if fusion == "concat" else [i + 1 for i in spread_layers(self.vision_layers, self.num_taps)]
+        taps = None if fusion == "concat" else spread_layers(self.vision_layers, self.num_taps)  # hidden_states indices
         config = HiveConfig(vision_config=vision, text_config=text, fusion=fusion, vision_feature_layers=taps)
         config.text_config._attn_implementation = attn_implementation
         config.vision_config._attn_implementation = attn_implementation

@@ -132,7 +132,7 @@ def _model_facts(config: HiveConfig, num_parameters: int | None) -> dict[str, An
         "fusion": config.fusion,
         "fusion_description": FUSION_DESCRIPTIONS[config.fusion] + (
             "; with separate image key/value projections, initialised as copies of the layer's own"
-            if config.separate_image_kv else ""),
+            if config.uses_separate_image_kv else ""),
         "vision_type": vision.model_type,
         "vision_class": MODEL_MAPPING_NAMES.get(vision.model_type, type(vision).__name__.replace("Config", "Model")),
         "vision_layers": vision.num_hidden_layers,
@@ -146,7 +146,8 @@ def _model_facts(config: HiveConfig, num_parameters: int | None) -> dict[str, An
         "text_layers": text.num_hidden_layers,
         "text_width": text.hidden_size,
         "wiring": wiring,
-        "projector": projector + (" with a residual connection" if config.projector_residual else ""),
+        "projector": projector + {"mlp_residual": " with a residual connection",
+                                  "ln_mlp": " after a LayerNorm"}.get(config.projector_type, ""),
         "num_parameters": _number(num_parameters) if num_parameters else "–",
     }
 

@@ -5,6 +5,7 @@ from .collator import HiveCaptionCollator
 from .stages import (
     HIVE_STAGES,
     STAGE_DEFAULTS,
+    STAGE_RECIPES,
     StageHyperparameters,
     TrainingStages,
     apply_lora,
@@ -20,6 +21,7 @@ __all__ = [
     "HiveTrainer",
     "SkippedImagesCallback",
     "STAGE_DEFAULTS",
+    "STAGE_RECIPES",
     "StageHyperparameters",
     "StageSetter",
     "TrainingStages",

@@ -203,7 +203,12 @@ class StagedTrainingArguments(TrainingArguments):
         i = self.STAGES.stages.index(stage)
         overrides = {_PER_STAGE[name][1]: getattr(self, name)[i] for name in self._per_stage_flags()
                      if _PER_STAGE[name][1] is not None}
-        return stage_training_args(self, stage, output_dir, self.stage_batch_sizes[i], **overrides)
+        return stage_training_args(self, stage, output_dir, self.stage_batch_sizes[i],
+                                   **self.stage_settings(stage), **overrides)
+
+    def stage_settings(self, stage: int) -> dict[str, Any]:
+        """`TrainingArguments` fields a stage sets beyond the per-stage flags (a recipe's schedule, decay, ...)."""
+        return {}
 
 
 def setup_logging(main_process: bool = True) -> None:
