@@ -303,7 +303,8 @@ def main() -> None:
             seed=args.seed,
         )
     layout = RunLayout(args.output_dir)
-    with args.main_process_first(desc="building the starting model"):
+    # once for the whole run, nodes included: every node reads the shared --output_dir
+    with args.main_process_first(local=False, desc="building the starting model"):
         start = build_start(model_args, data_args, args, train_data, layout)
         if args.process_index == 0:  # what was run, readable without unpickling training_args.bin (no tokens)
             stage_fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(HivePretrainingArguments)

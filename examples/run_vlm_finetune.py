@@ -329,7 +329,8 @@ def main() -> None:
 
     layout = RunLayout(args.output_dir, marker=VLM_STAGE_MARKER)
     layout.root.mkdir(parents=True, exist_ok=True)
-    with args.main_process_first(desc="building the starting model"):
+    # once for the whole run, nodes included: every node reads the shared --output_dir
+    with args.main_process_first(local=False, desc="building the starting model"):
         start = build_start(model_args, data_args, args, train, layout)
 
     summaries = {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging as pylogging
-import math
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -116,31 +115,74 @@ def read_training_args(folder: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def split_global_batch(global_batch: int, max_per_device: int, replicas: int, stage: int | None = None
+                       ) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation steps) that make exactly `global_batch` over `replicas` data-parallel
+    devices: the largest per-device batch up to `max_per_device` that divides each device's share, accumulation
+    making up the rest. The global batch is part of the recipe, so it never changes with the process count (the
+    authors' scripts divide their accumulation by the GPU count for the same reason).
+
+    Raises `ValueError` naming the numbers when `global_batch` is not a multiple of `replicas`.
+    """
+    if global_batch % replicas:
+        where = f"stage {stage}: " if stage is not None else ""
+        lower, upper = global_batch // replicas * replicas, (global_batch // replicas + 1) * replicas
+        nearest = f"{lower} or {upper}" if lower else str(upper)
+        raise ValueError(
+            f"{where}the global batch {global_batch} (--stage_batch_sizes) cannot be split evenly over {replicas} "
+            f"processes; give a multiple of {replicas} (e.g. {nearest}) or run on a process count that divides "
+            f"{global_batch}."
+        )
+    share = global_batch // replicas
+    per_device = max(d for d in range(1, min(max_per_device, share) + 1) if share % d == 0)
+    return per_device, share // per_device
+
+
+def data_parallel_replicas(args: TrainingArguments) -> int:
+    """How many devices each take their own slice of a batch: the processes, times the GPUs of one process when a
+    single process drives several (`torch.nn.DataParallel`, `TrainingArguments.n_gpu`)."""
+    return args.world_size * max(1, args.n_gpu)
+
+
 def stage_training_args(
     args: TrainingArguments, stage: int, output_dir: str | Path, global_batch_size: int, **overrides: Any
 ) -> TrainingArguments:
     """Plain `TrainingArguments` for one stage: `args` with the stage's folder, run name, Hub repo and
-    hyperparameters (`overrides`), and the gradient accumulation that makes up `global_batch_size` over
-    `per_device_train_batch_size` x processes.
+    hyperparameters (`overrides`), and the per-device batch and gradient accumulation that make exactly
+    `global_batch_size` on this many processes (`split_global_batch`; `per_device_train_batch_size` is the most one
+    device takes).
 
     `push_to_hub` is off in them: the Trainer's own pushes upload `training_args.bin`, a pickle of the arguments, so a
-    staged run pushes with `hive_hf.training.hub.HubPushCallback`, which reads the `hub_*` settings from them."""
-    per_step = args.per_device_train_batch_size * args.world_size
-    accumulation = max(1, math.ceil(global_batch_size / per_step))
-    if accumulation * per_step != global_batch_size:
-        logger.warning(
-            f"stage {stage}: global batch {global_batch_size} is not a multiple of {args.per_device_train_batch_size}"
-            f" x {args.world_size} processes; using {accumulation * per_step}."
-        )
+    staged run pushes with `hive_hf.training.hub.HubPushCallback`, which reads the `hub_*` settings from them.
+
+    DDP runs without `find_unused_parameters` unless `--ddp_find_unused_parameters` says otherwise: every stage freezes
+    what its forward does not reach, so the per-step search of the autograd graph would find nothing
+    (`HiveStageCallback` raises if a trainable parameter ever gets no gradient)."""
+    replicas = data_parallel_replicas(args)
+    per_device, accumulation = split_global_batch(
+        global_batch_size, args.per_device_train_batch_size, replicas, stage=stage
+    )
+    layout = (f"stage {stage}: global batch {global_batch_size} = {per_device} per device x {accumulation} "
+              f"accumulation steps x {replicas} processes")
+    share = global_batch_size // replicas
+    if per_device < min(args.per_device_train_batch_size, share):
+        logger.warning(f"{layout}: no per-device batch from {per_device + 1} to {args.per_device_train_batch_size} "
+                       f"divides {share}, each process's share, so the devices run below "
+                       "--per_device_train_batch_size; a global batch whose share has such a divisor runs faster.")
+    else:
+        logger.info(layout)
     plain = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
     plain.update(
         output_dir=str(output_dir),
+        per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation,
         run_name=f"{args.run_name or Path(args.output_dir).name}-stage{stage}",
         hub_model_id=f"{args.hub_model_id}-stage{stage}" if args.hub_model_id else None,
         push_to_hub=False,
         **overrides,
     )
+    if plain["ddp_find_unused_parameters"] is None:
+        plain["ddp_find_unused_parameters"] = False
     return TrainingArguments(**plain)
 
 
@@ -160,8 +202,9 @@ class StagedTrainingArguments(TrainingArguments):
     stages: list[int] | None = field(default=None, metadata={"help": "Stages to run, in order (default: all)."})
     stage_batch_sizes: list[int] | None = field(
         default=None,
-        metadata={"help": "Global batch per stage; gradient accumulation makes up the difference (default: the "
-                          "recipe's)."},
+        metadata={"help": "Global batch per stage, the same on any number of processes: each device takes the "
+                          "largest batch up to --per_device_train_batch_size that divides its share, gradient "
+                          "accumulation makes up the rest (default: the recipe's)."},
     )
     stage_epochs: list[float] | None = field(default=None, metadata={"help": "Epochs per stage (default: the recipe's)."})
     stage_learning_rates: list[float] | None = field(
@@ -190,6 +233,13 @@ class StagedTrainingArguments(TrainingArguments):
                 raise ValueError(f"--{name} takes one value per stage ({listing}), got {getattr(self, name)}.")
         if any(b < 1 for b in self.stage_batch_sizes):
             raise ValueError(f"--stage_batch_sizes must be positive, got {self.stage_batch_sizes}.")
+        for stage in self.stages:  # fail before training starts, not when a later stage begins
+            split_global_batch(self.stage_batch_sizes[all_stages.index(stage)], self.per_device_train_batch_size,
+                               data_parallel_replicas(self), stage=stage)
+        if self.save_on_each_node:
+            raise ValueError("--save_on_each_node is for nodes that do not share storage; a staged run needs its "
+                             "--output_dir on storage that every node sees (each stage starts from the previous "
+                             "stage's folder), so leave it False.")
         if self.lora_r and 2 not in self.stages:
             raise ValueError(f"--lora_r {self.lora_r} applies to stage 2, which --stages {self.stages} does not run.")
         if self.push_to_hub:

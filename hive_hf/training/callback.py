@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from accelerate.state import AcceleratorState
 from accelerate.utils import extract_model_from_parallel, reduce
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -23,6 +24,13 @@ StageSetter = Callable[[torch.nn.Module, int], dict[str, dict[str, int]]]
 def _fingerprint(param: torch.Tensor) -> tuple[float, float]:
     values = param.detach().double()
     return float(values.sum()), float((values * values).sum())
+
+
+def _runs_ddp() -> bool:
+    """The Trainer's model is wrapped in `DistributedDataParallel`: accelerate does that for every `MULTI_<device>`
+    type; FSDP and DeepSpeed are types of their own (they shard gradients, so a `.grad` may be None on purpose)."""
+    state = AcceleratorState()
+    return state.use_distributed and state.distributed_type.name.startswith("MULTI_")
 
 
 def _setter_path(setter: StageSetter) -> str:
@@ -43,6 +51,10 @@ class HiveStageCallback(TrainerCallback, ExportableState):
     a module-level function, saved by import path so that restoring the callback from a checkpoint finds it again.
     Either one rejects a stage that does not exist, when the Trainer is built.
 
+    Under DDP without `find_unused_parameters` (`--ddp_find_unused_parameters False`, the staged runs' default), a
+    trainable parameter that gets no gradient in a step is an error naming it, raised on every process that lacks it
+    before the optimizer steps (DDP itself would stop only at the next forward, naming parameter indices).
+
     The stage is saved in every checkpoint's `trainer_state.json` (stateful callback); HIVE models also record it in
     their config. Frozen values are compared by float64 sums at every epoch end and at train end; the check is cheap
     and catches any optimizer update, though not a permutation of values.
@@ -52,6 +64,7 @@ class HiveStageCallback(TrainerCallback, ExportableState):
         self.stage = stage
         self.stage_setter = _resolve_setter(stage_setter) if isinstance(stage_setter, str) else stage_setter
         self._frozen: dict[str, tuple[float, float]] = {}
+        self._every_grad = False  # every trainable parameter must get a gradient (DDP, find_unused_parameters off)
 
     def state(self) -> dict[str, Any]:
         args: dict[str, Any] = {"stage": self.stage}
@@ -74,12 +87,24 @@ class HiveStageCallback(TrainerCallback, ExportableState):
         summary = ", ".join(f"{c} {v['trainable']:,}/{v['total']:,}" for c, v in counts.items())
         logger.info(f"Stage {self.stage}: trainable parameters per component: {summary}")
         self._frozen = {n: _fingerprint(p) for n, p in model.named_parameters() if not p.requires_grad}
+        self._every_grad = args.ddp_find_unused_parameters is False and _runs_ddp()
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         # Judged against the stage as applied at train start, so a weight unfrozen since then is caught too.
+        no_grad = []
         for name, param in extract_model_from_parallel(model).named_parameters():
             if name in self._frozen and param.grad is not None:
                 raise RuntimeError(f"Stage {self.stage}: frozen parameter {name} received a gradient.")
+            if self._every_grad and param.requires_grad and param.grad is None:
+                no_grad.append(name)
+        if no_grad:
+            names = ", ".join(no_grad[:5]) + (", ..." if len(no_grad) > 5 else "")
+            raise RuntimeError(
+                f"Stage {self.stage}, step {state.global_step + 1}: {len(no_grad)} trainable parameters received no "
+                f"gradient on process {args.process_index}: {names}. DDP runs with find_unused_parameters=False, "
+                "which needs every trainable parameter in the loss; freeze them in this stage, or pass "
+                "--ddp_find_unused_parameters True."
+            )
 
     def _check_unchanged(self, model: torch.nn.Module) -> None:
         params = dict(extract_model_from_parallel(model).named_parameters())
