@@ -31,6 +31,19 @@ def run(args, timeout=300, **kwargs):
                           text=True, timeout=timeout, **kwargs)
 
 
+def test_the_same_command_seed_and_threads_give_identical_losses(tmp_path):
+    """Determinism: the same command, seed and thread count (1 here) on one machine gives the same loss log, bit for
+    bit, backbone pre-training included."""
+    logs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        proc = run([DEMO, "--output_dir", out, *FAST, "--stages", "1", "2", "--stage_max_steps", "3", "3", "3"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        logs.append([[entry["loss"] for entry in json.loads((out / f"stage{s}" / "hive_stage.json").read_text())
+                      ["log_history"] if "loss" in entry] for s in (1, 2)])
+    assert logs[0] == logs[1] and all(len(stage) == 3 for stage in logs[0])
+
+
 def test_three_stages_end_to_end(tmp_path):
     out = tmp_path / "run"
     proc = run([DEMO, "--output_dir", out, *FAST, "--stage_max_steps", "4", "4", "4", "--save_steps", "2"])
