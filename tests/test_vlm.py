@@ -376,6 +376,18 @@ def test_assistant_spans_need_a_template_that_renders_turn_by_turn(built):
                                             patch_size=4, vision_feature_select_strategy="full"))
 
 
+def test_a_chat_template_can_be_given_to_an_llm_without_one(backbones, tmp_path):
+    template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token }}{% endfor %}"
+    _, processor = build_llava(backbones["hive"], backbones["text"], chat_template=template)
+    assert processor.tokenizer.chat_template == template
+    assert assistant_spans(processor.tokenizer, CONVERSATION[1:3])[0] == "user: <image>\nWhat color are the shapes?</s>" \
+        "assistant: red</s>"
+    (tmp_path / "chat.jinja").write_text(template)
+    args = load_script("run_vlm_finetune").ModelArguments(vision_model_name_or_path="x", text_model_name_or_path="y",
+                                                          chat_template=str(tmp_path / "chat.jinja"))
+    assert args.chat_template == template  # a file is read
+
+
 # -- data adapters ----------------------------------------------------------------------------------------------------
 def test_gqa_adapter_reads_the_published_layout(tmp_path):
     (tmp_path / "images").mkdir()
@@ -569,10 +581,17 @@ def test_shapes_conversations_are_llava_json_one_conversation_per_picture(tmp_pa
     rows = json.loads(path.read_text())
     questions = make_shapes_vqa_dataset(3, image_size=16, seed=0, split="train")
     assert [r["id"] for r in rows] == ["shapes-train-0", "shapes-train-1", "shapes-train-2"]
-    first = rows[0]["conversations"]
-    assert [t["from"] for t in first] == ["human", "gpt"] * 5
-    assert first[0]["value"] == user_message(questions[0]) and first[2]["value"] == task_prompt(questions[1])
-    assert [t["value"] for t in first[1::2]] == [training_answer(questions[i]) for i in range(5)]
+    firsts = set()
+    for n, row in enumerate(rows):
+        turns = row["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * 5
+        records = [questions[5 * n + k] for k in range(5)]
+        asked = [turns[0]["value"].removeprefix("<image>\n"), *(t["value"] for t in turns[2::2])]
+        assert turns[0]["value"].startswith("<image>\n") and not any("<image>" in a for a in asked)
+        pairs = sorted(zip(asked, (t["value"] for t in turns[1::2])))
+        assert pairs == sorted((task_prompt(r), training_answer(r)) for r in records)  # every question, answered
+        firsts.add([task_prompt(r) for r in records].index(asked[0]))  # which of the picture's five came first
+    assert len(firsts) > 1  # not always the same kind
     data = load_conversations(str(path), tmp_path / "llava" / "images")
     assert len(data) == 3 and data[0]["messages"][0]["content"].startswith("<image>\n")
 

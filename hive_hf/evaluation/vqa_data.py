@@ -316,22 +316,26 @@ def make_shapes_vqa_dataset(
 def write_shapes_conversations(folder: str | os.PathLike, num_images: int = 1000, image_size: int = 32, seed: int = 0,
                                split: str = "train") -> Path:
     """Write the shapes VQA (:func:`make_shapes_vqa_dataset`) as LLaVA fine-tuning data: `folder/images/<id>.png` and
-    `folder/conversations.json`, one multi-turn conversation per picture (its five questions in turn, the first with
-    `<image>`, as in LLaVA-1.5's mixture), `from`/`value` turns. Returns the JSON file's path."""
+    `folder/conversations.json`, one multi-turn conversation per picture, `from`/`value` turns: its five questions in
+    a random order (seeded; so that a turn's position does not give its kind away), the first with `<image>`, as in
+    LLaVA-1.5's mixture. Returns the JSON file's path."""
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     questions = make_shapes_vqa_dataset(num_images, image_size=image_size, seed=seed, split=split)
-    conversations: dict[str, dict[str, Any]] = {}
+    by_picture: dict[str, list[dict[str, Any]]] = {}
     for record in questions:
-        image_id = record["image_id"]
-        if image_id not in conversations:
-            (folder / "images" / f"{image_id}.png").write_bytes(record["image"]["bytes"])
-            conversations[image_id] = {"id": image_id, "image": f"{image_id}.png", "conversations": []}
-        turns = conversations[image_id]["conversations"]
-        asked = user_message(record) if not turns else task_prompt(record)
-        turns += [{"from": "human", "value": asked}, {"from": "gpt", "value": training_answer(record)}]
+        by_picture.setdefault(record["image_id"], []).append(record)
+    conversations = []
+    for i, (image_id, records) in enumerate(by_picture.items()):
+        (folder / "images" / f"{image_id}.png").write_bytes(records[0]["image"]["bytes"])
+        order = np.random.default_rng([seed, i, 2]).permutation(len(records))
+        turns = []
+        for k, j in enumerate(order):
+            asked = user_message(records[j]) if k == 0 else task_prompt(records[j])
+            turns += [{"from": "human", "value": asked}, {"from": "gpt", "value": training_answer(records[j])}]
+        conversations.append({"id": image_id, "image": f"{image_id}.png", "conversations": turns})
     path = folder / "conversations.json"
-    path.write_text(json.dumps(list(conversations.values()), indent=1))
+    path.write_text(json.dumps(conversations, indent=1))
     return path
 
 
