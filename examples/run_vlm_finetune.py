@@ -282,8 +282,10 @@ def check_combinations(model_args: ModelArguments, data_args: DataArguments, arg
             value = getattr(data_args, prefix + name)
             if not used or benchmark == "shapes" or value is None:
                 continue
-            if benchmark == "records" and name == "questions_file":
-                check_source_exists(value, what=f"--{prefix}{name}")  # records may also be a `datasets` name
+            dataset_source = benchmark in ("records", "conversations", "mme") or (
+                benchmark == "scienceqa" and not value.endswith(".json"))
+            if name == "questions_file" and dataset_source:  # may also be a `datasets` name (lmms-lab/MME, ...)
+                check_source_exists(value, what=f"--{prefix}{name}")
             elif not Path(value).expanduser().exists():
                 raise FileNotFoundError(f"--{prefix}{name} {value} does not exist")
     for name in ("model_name_or_path", "vision_model_name_or_path", "text_model_name_or_path"):

@@ -720,7 +720,8 @@ def test_script_rejects_bad_flag_combinations(tmp_path):
         script.VLMTrainingArguments(output_dir=str(tmp_path), do_train=True, stages=[1], lora_r=4)
 
 
-@pytest.mark.parametrize("mistake", ["stages", "missing_questions", "missing_vision", "tiny_without_train", "json"])
+@pytest.mark.parametrize("mistake", ["stages", "missing_questions", "missing_conversations", "missing_vision",
+                                     "tiny_without_train", "json"])
 def test_script_user_errors_print_one_argparse_line_before_any_work(mistake, backbones, tmp_path, monkeypatch,
                                                                      capsys):
     out = tmp_path / "run"
@@ -730,6 +731,9 @@ def test_script_user_errors_print_one_argparse_line_before_any_work(mistake, bac
         "missing_questions": ([*composed, "--do_train", "--train_benchmark", "gqa", "--train_questions_file",
                                tmp_path / "q.json", "--train_image_dir", tmp_path], ["--train_questions_file",
                                                                                    "does not exist"]),
+        "missing_conversations": ([*composed, "--do_train", "--train_benchmark", "conversations",
+                                   "--train_questions_file", tmp_path / "llava.json"], ["--train_questions_file",
+                                                                                         "llava.json", "does not exist"]),
         "missing_vision": (["--vision_model_name_or_path", tmp_path / "nothing", "--tiny_text_backbone", "--do_train"],
                            ["nothing"]),
         "tiny_without_train": (["--vision_model_name_or_path", backbones["hive"], "--tiny_text_backbone",
