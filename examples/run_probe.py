@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Classification probe of frozen vision encoders: the HIVE paper's Table 1.
 
-Each encoder stays frozen; only a head trains (`--probe attentive`, the authors' default, or `--probe linear`), with
-the paper's recipe (AdamW, batch 512, clip 3.0, 1.5 warmup epochs then cosine, RandomResizedCrop + flip + ColorJitter).
-The learning rate is picked on a validation split carved from train, then one run per seed gives `mean ± std`
-top-1 accuracy on the test split. Writes `<output_dir>/probe_results.json` (per-seed numbers, chosen learning rate,
-skipped images) and `probe_results.md` (the table), and prints the table.
+Each encoder stays frozen; only a head trains (`--probe attentive`, the authors' default, or `--probe linear` on the
+mean token), on a block's raw output: `--feature_layer` (a `hidden_states` index; default: a HIVE checkpoint's deepest
+tapped layer, -2 for a stock tower, as the authors probe), CLIP's class token dropped. `--recipe paper` (the default:
+AdamW, batch 512, clip 3.0, 1.5 warmup epochs then cosine, RandomResizedCrop + flip + ColorJitter, the learning rate
+picked on a validation split carved from train) or `--recipe authors` / `authors_imagenet` (the released scripts: 5
+epochs at 2e-4, or 1 epoch at 1e-3 on ImageNet-1K; weight decay 0.01, 3% warmup, bf16). One run per seed gives
+`mean ± std` top-1 accuracy on the test split. Writes `<output_dir>/probe_results.json` (per-seed numbers, chosen
+learning rate, the features read, skipped images) and `probe_results.md` (the table), and prints the table.
 
     # the embedded default: synthetic shapes (2000 train / 500 test, 5 classes) drawn at the encoders' size
     python examples/run_probe.py \
@@ -15,6 +18,10 @@ skipped images) and `probe_results.md` (the table), and prints the table.
     # a Hub dataset, a linear probe on cached features (caching needs --augment False)
     python examples/run_probe.py --encoders google/siglip-base-patch16-224 runs/hive-siglip/stage3 \
         --dataset cifar10 --image_column img --probe linear --augment False --feature_cache_dir cache/probe
+
+    # the authors' recipe on ImageNet-1K (their validation split is the test split)
+    python examples/run_probe.py --encoders runs/hive-siglip/stage3 --dataset ILSVRC/imagenet-1k \
+        --test_split validation --recipe authors_imagenet
 
     # a local imagefolder (class subfolders; train/ and test/ subfolders, or carve a test split)
     python examples/run_probe.py --encoders runs/hive/stage3 --dataset /data/pets --test_fraction 0.2

@@ -2,21 +2,25 @@
 """Fine-tune a LLaVA-style VLM on top of a vision encoder and evaluate it on VQA benchmarks (HIVE paper, Table 2).
 
 The encoder (a HIVE checkpoint, an encoder-only HIVE release, or a stock SigLIP/CLIP checkpoint) feeds a stock
-`LlavaForConditionalGeneration` through a fresh projector: its final-layer tokens are put into the LLM's input.
-Stage 1 trains the projector, stage 2 the LLM as well (in full, or LoRA with --lora_r); the encoder stays frozen.
+`LlavaForConditionalGeneration` through a fresh projector: the second-to-last block's tokens (`--vision_feature_layer
+-2`, as the authors) go into the LLM's input; images are padded to a square (`--image_aspect_ratio pad`). Stage 1
+trains the projector, stage 2 the LLM as well (in full, or LoRA with --lora_r); the encoder stays frozen. Training data
+are conversations in the LLM's chat template, the loss on the assistant turns only: LLaVA-style JSON or a dataset with a
+`messages` column (`--train_benchmark conversations`), or any benchmark layout asked as one-question conversations.
 Each stage writes `<output_dir>/stage<k>` (a plain LLaVA checkpoint + `LlavaProcessor`, loadable with
-`AutoModelForImageTextToText` and no remote code); the last one is then evaluated with greedy short answers and
-each benchmark's own metric, printing a table and writing `eval_results.json`, `predictions.jsonl`, `results.md`.
-Run the same command again after a crash: finished stages are skipped, the interrupted one resumes.
+`AutoModelForImageTextToText` and no remote code); the last one is then evaluated as lmms-eval does (its prompts in
+the chat template, greedy, 16 new tokens, each benchmark's own scoring), printing a table and writing
+`eval_results.json`, `predictions.jsonl`, `results.md`. Run the same command again after a crash: finished stages are
+skipped, the interrupted one resumes.
 
     # the embedded demo: VQA on the synthetic shapes (all four scoring styles), a tiny LLM built offline
     python examples/run_vlm_finetune.py --vision_model_name_or_path /tmp/vlm_run/stage3 --tiny_text_backbone \\
         --do_train --do_eval --output_dir /tmp/vlm_hive
 
-    # real backbones, LLaVA-style training records, and GQA testdev-balanced as the benchmark
+    # real backbones (the paper's LLM; the authors': Qwen/Qwen2-0.5B-Instruct), LLaVA conversations, GQA
     python examples/run_vlm_finetune.py \\
         --vision_model_name_or_path runs/hive-siglip/stage3 --text_model_name_or_path meta-llama/Llama-3.2-1B-Instruct \\
-        --train_benchmark records --train_questions_file llava_vqa.jsonl --train_image_dir /data/coco \\
+        --train_benchmark conversations --train_questions_file llava_v1_5_mix665k.json --train_image_dir /data/llava \\
         --benchmark gqa --questions_file testdev_balanced_questions.json --image_dir /data/gqa/images \\
         --do_train --do_eval --per_device_train_batch_size 16 --bf16 --output_dir runs/vlm-hive
 
@@ -47,10 +51,11 @@ from transformers.utils import logging
 
 from hive_hf.data import check_source_exists
 from hive_hf.evaluation.vlm import (
-    IMAGE_TOKEN,
+    IMAGE_ASPECT_RATIOS,
+    SCORING_OPTIONS,
     VLM_STAGE_DEFAULTS,
     VLM_STAGES,
-    VQACollator,
+    ConversationCollator,
     apply_vlm_lora,
     build_llava,
     format_results_table,
@@ -61,9 +66,12 @@ from hive_hf.evaluation.vlm import (
 )
 from hive_hf.evaluation.vqa_data import (
     BENCHMARKS,
-    DEFAULT_PROMPT_TEMPLATE,
+    SCIENCEQA_SUBSETS,
+    TRAIN_SOURCES,
+    load_conversations,
     load_vqa_benchmark,
     training_texts,
+    vqa_conversations,
 )
 from hive_hf.tiny_backbones import write_tiny_backbones
 from hive_hf.training.arguments import (
@@ -87,7 +95,9 @@ class ModelArguments:
                           "checkpoint (folder or Hub id)."},
     )
     text_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Causal LM checkpoint with its tokenizer (folder or Hub id)."}
+        default=None,
+        metadata={"help": "Causal LM checkpoint with its tokenizer and chat template (folder or Hub id): the paper "
+                          "fine-tunes meta-llama/Llama-3.2-1B-Instruct, the authors' scripts Qwen/Qwen2-0.5B-Instruct."},
     )
     tiny_text_backbone: bool = field(
         default=False,
@@ -110,6 +120,15 @@ class ModelArguments:
         metadata={"help": "'full' keeps every final-layer token (SigLIP), 'default' drops the class token (CLIP); "
                           "default: what the tower needs."},
     )
+    vision_feature_layer: int = field(
+        default=-2,
+        metadata={"help": "The encoder's hidden_states index the projector reads (-2: the second-to-last block's raw "
+                          "output, as the authors and LLaVA)."},
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "A Jinja chat template (or a file holding one) for an LLM whose tokenizer has none."},
+    )
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager."})
 
     def __post_init__(self):
@@ -123,10 +142,14 @@ class ModelArguments:
             raise ValueError("--vision_model_name_or_path needs exactly one of --text_model_name_or_path and "
                              "--tiny_text_backbone.")
         if not composed and (text_sources or self.image_processor_name_or_path
-                             or self.vision_feature_select_strategy):
+                             or self.vision_feature_select_strategy or self.chat_template):
             raise ValueError("--model_name_or_path is a complete LLaVA checkpoint; drop --text_model_name_or_path, "
-                             "--tiny_text_backbone, --image_processor_name_or_path and "
-                             "--vision_feature_select_strategy.")
+                             "--tiny_text_backbone, --image_processor_name_or_path, --vision_feature_select_strategy "
+                             "and --chat_template.")
+        if self.chat_template is not None and self.tiny_text_backbone:
+            raise ValueError("--tiny_text_backbone brings its own chat template; drop --chat_template.")
+        if self.chat_template is not None and Path(self.chat_template).is_file():
+            self.chat_template = Path(self.chat_template).read_text()
         if self.vision_feature_select_strategy not in (None, "default", "full"):
             raise ValueError(f"--vision_feature_select_strategy must be 'default' or 'full', got "
                              f"{self.vision_feature_select_strategy!r}.")
@@ -136,10 +159,14 @@ class ModelArguments:
 class DataArguments:
     train_benchmark: str = field(
         default="shapes",
-        metadata={"help": f"Training data, one of {BENCHMARKS}: 'shapes' is the embedded synthetic VQA, 'records' "
-                          "generic JSON/JSONL records or a datasets name, the others the benchmarks' own layouts."},
+        metadata={"help": f"Training data, one of {TRAIN_SOURCES}: 'conversations' LLaVA-style JSON (conversations "
+                          "of from/value turns) or a datasets source with a messages column; 'shapes' the embedded "
+                          "synthetic VQA; 'records' generic JSON/JSONL records or a datasets name; the others the "
+                          "benchmarks' own layouts (each question one conversation)."},
     )
-    train_questions_file: str | None = field(default=None, metadata={"help": "Training questions file or source."})
+    train_questions_file: str | None = field(
+        default=None, metadata={"help": "Training conversations or questions: a file or a datasets source."}
+    )
     train_annotations_file: str | None = field(default=None, metadata={"help": "OK-VQA-style training annotations."})
     train_image_dir: str | None = field(default=None, metadata={"help": "Folder holding the training images."})
     train_split: str | None = field(default=None, metadata={"help": "Split to train on (shapes: 'train')."})
@@ -150,7 +177,9 @@ class DataArguments:
                           "mme (lmms-lab/MME parquet files or folder), records, or shapes (embedded)."},
     )
     questions_file: str | None = field(
-        default=None, metadata={"help": "Benchmark questions (GQA/OK-VQA json, ScienceQA problems.json, MME parquet)."}
+        default=None,
+        metadata={"help": "Benchmark questions (GQA/OK-VQA json, ScienceQA problems.json or lmms-lab parquet, MME "
+                          "parquet)."},
     )
     annotations_file: str | None = field(default=None, metadata={"help": "OK-VQA annotations json."})
     image_dir: str | None = field(default=None, metadata={"help": "Folder holding the benchmark images."})
@@ -162,39 +191,78 @@ class DataArguments:
     shapes_image_size: int = field(default=32, metadata={"help": "shapes: picture side in pixels."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on at most this many questions."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate at most this many questions."})
-    prompt_template: str = field(
-        default=DEFAULT_PROMPT_TEMPLATE,
-        metadata={"help": "Chat-free prompt with one {question} and one <image>; the answer follows it."},
+    image_aspect_ratio: str = field(
+        default="pad",
+        metadata={"help": f"One of {IMAGE_ASPECT_RATIOS}: pad images to a square of the image processor's mean colour "
+                          "(the authors' fine-tuning and evaluation), or let the processor squash them."},
     )
-    max_new_tokens: int = field(default=8, metadata={"help": "Evaluation: generated tokens per answer (greedy)."})
+    max_length: int | None = field(
+        default=2048, metadata={"help": "Training: cut conversations to this many tokens (the authors' 2048)."}
+    )
+    max_new_tokens: int = field(
+        default=16, metadata={"help": "Evaluation: generated tokens per answer, greedy (lmms-eval's 16)."}
+    )
+    scienceqa_subset: str = field(
+        default="full",
+        metadata={"help": f"One of {SCIENCEQA_SUBSETS}: every test problem, text-only ones included (lmms-eval's "
+                          "scienceqa, the paper's number), or those with an image (scienceqa_img)."},
+    )
+    scienceqa_parsing: str = field(
+        default="strict",
+        metadata={"help": f"One of {SCORING_OPTIONS['scienceqa'][1]}: the option letter as lmms-eval reads it, or "
+                          "also '(B)', 'The answer is B.' and the option text."},
+    )
+    mme_parsing: str = field(
+        default="official",
+        metadata={"help": f"One of {SCORING_OPTIONS['mme'][1]}: the official tool's yes/no parsing (as lmms-eval), or "
+                          "an answer that starts with yes or no."},
+    )
+    gqa_normalization: str = field(
+        default="lmms_eval",
+        metadata={"help": f"One of {SCORING_OPTIONS['gqa'][1]}: lmms-eval's (case, all punctuation), LLaVA-1.5's "
+                          "(trailing periods, case), or lenient (also articles and spaces)."},
+    )
     blind_baseline: bool = field(
         default=True,
         metadata={"help": "Also score a blind question-prior baseline (the most frequent training answer per "
-                          "question), which a model that looks at the image should beat."},
+                          "question), which a model that looks at the image should beat (VQA training data only)."},
     )
 
     def __post_init__(self):
-        for prefix in ("train_", ""):
+        for prefix, choices in (("train_", TRAIN_SOURCES), ("", BENCHMARKS)):
             name = getattr(self, f"{prefix}benchmark")
             flag = f"--{prefix}benchmark {name}"
-            if name not in BENCHMARKS:
-                raise ValueError(f"--{prefix}benchmark must be one of {BENCHMARKS}, got {name!r}.")
-            if name != "shapes" and getattr(self, f"{prefix}questions_file") is None:
+            if name not in choices:
+                raise ValueError(f"--{prefix}benchmark must be one of {choices}, got {name!r}.")
+            questions = getattr(self, f"{prefix}questions_file")
+            if name != "shapes" and questions is None:
                 raise ValueError(f"{flag} reads --{prefix}questions_file; give its path.")
-            if name in ("gqa", "okvqa", "scienceqa") and getattr(self, f"{prefix}image_dir") is None:
+            problems_json = name == "scienceqa" and questions.endswith(".json")
+            if (name in ("gqa", "okvqa") or problems_json) and getattr(self, f"{prefix}image_dir") is None:
                 raise ValueError(f"{flag} needs --{prefix}image_dir.")
             if name == "okvqa" and getattr(self, f"{prefix}annotations_file") is None:
                 raise ValueError(f"{flag} needs --{prefix}annotations_file.")
-        if self.prompt_template.count("{question}") != 1 or self.prompt_template.count(IMAGE_TOKEN) != 1:
-            raise ValueError(f"--prompt_template needs exactly one {{question}} and one {IMAGE_TOKEN}, got "
-                             f"{self.prompt_template!r}.")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"--max_new_tokens must be positive, got {self.max_new_tokens}.")
+        choices = {"--image_aspect_ratio": (self.image_aspect_ratio, IMAGE_ASPECT_RATIOS),
+                   "--scienceqa_subset": (self.scienceqa_subset, SCIENCEQA_SUBSETS)}
+        for task, (option, allowed) in SCORING_OPTIONS.items():
+            choices[f"--{task}_{option}"] = (getattr(self, f"{task}_{option}"), allowed)
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{flag} must be one of {allowed}, got {value!r}.")
+        if self.max_new_tokens < 1 or (self.max_length is not None and self.max_length < 1):
+            raise ValueError(f"--max_new_tokens and --max_length must be positive, got {self.max_new_tokens} and "
+                             f"{self.max_length}.")
+
+    @property
+    def scoring(self) -> dict[str, dict[str, str]]:
+        """The metrics' options per task, for `score_predictions`."""
+        return {task: {option: getattr(self, f"{task}_{option}")} for task, (option, _) in SCORING_OPTIONS.items()}
 
 
 @dataclass
 class VLMTrainingArguments(StagedTrainingArguments):
-    """LLaVA's two stages (`VLM_STAGE_DEFAULTS`) with its warmup ratio."""
+    """LLaVA's two stages with the paper's and the authors' hyperparameters (`VLM_STAGE_DEFAULTS`: global batch 256
+    then 64, lr 1e-3 then 2e-5, one epoch each; warmup 3%, cosine, no weight decay, gradient clipping 1.0)."""
 
     STAGES = VLM_STAGES
     STAGE_DEFAULTS = VLM_STAGE_DEFAULTS
@@ -222,8 +290,10 @@ def check_combinations(model_args: ModelArguments, data_args: DataArguments, arg
             value = getattr(data_args, prefix + name)
             if not used or benchmark == "shapes" or value is None:
                 continue
-            if benchmark == "records" and name == "questions_file":
-                check_source_exists(value, what=f"--{prefix}{name}")  # records may also be a `datasets` name
+            dataset_source = benchmark in ("records", "conversations", "mme") or (
+                benchmark == "scienceqa" and not value.endswith(".json"))
+            if name == "questions_file" and dataset_source:  # may also be a `datasets` name (lmms-lab/MME, ...)
+                check_source_exists(value, what=f"--{prefix}{name}")
             elif not Path(value).expanduser().exists():
                 raise FileNotFoundError(f"--{prefix}{name} {value} does not exist")
     for name in ("model_name_or_path", "vision_model_name_or_path", "text_model_name_or_path"):
@@ -233,21 +303,26 @@ def check_combinations(model_args: ModelArguments, data_args: DataArguments, arg
 
 
 def load_data(data_args: DataArguments, args: VLMTrainingArguments) -> tuple[Dataset | None, Dataset | None]:
-    """(training questions or None, evaluation questions or None), in the `vqa_data.VQA_FEATURES` layout."""
+    """(training data or None, evaluation questions or None): conversations (`vqa_data.CONVERSATION_FEATURES`) or
+    questions (`vqa_data.VQA_FEATURES`) to train on, questions to evaluate on."""
     shapes = {"image_size": data_args.shapes_image_size, "seed": args.seed}
     train = evaluation = None
-    if args.do_train:
+    if args.do_train and data_args.train_benchmark == "conversations":
+        train = load_conversations(data_args.train_questions_file, data_args.train_image_dir,
+                                   split=data_args.train_split or "train")
+    elif args.do_train:
         train = load_vqa_benchmark(
             data_args.train_benchmark, data_args.train_questions_file, data_args.train_annotations_file,
             data_args.train_image_dir, split=data_args.train_split or "train",
-            num_images=data_args.shapes_train_images, **shapes,
+            num_images=data_args.shapes_train_images, scienceqa_subset=data_args.scienceqa_subset, **shapes,
         )
         if data_args.max_train_samples is not None:
             train = train.select(range(min(data_args.max_train_samples, len(train))))
     if args.do_eval:
         evaluation = load_vqa_benchmark(
             data_args.benchmark, data_args.questions_file, data_args.annotations_file, data_args.image_dir,
-            split=data_args.eval_split, num_images=data_args.shapes_eval_images, **shapes,
+            split=data_args.eval_split, num_images=data_args.shapes_eval_images,
+            scienceqa_subset=data_args.scienceqa_subset, **shapes,
         )
         if data_args.max_eval_samples is not None:
             evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
@@ -264,15 +339,16 @@ def build_start(model_args: ModelArguments, data_args: DataArguments, args: VLMT
         text_path = model_args.text_model_name_or_path
         if model_args.tiny_text_backbone:  # with --do_train (check_combinations)
             _, text_path = write_tiny_backbones(
-                layout.backbones_dir, training_texts(train, data_args.prompt_template),
-                hidden_size=model_args.tiny_text_hidden_size, num_layers=model_args.tiny_text_layers, seed=args.seed,
-                text_pretrain_steps=model_args.tiny_text_pretrain_steps,
+                layout.backbones_dir, training_texts(train), hidden_size=model_args.tiny_text_hidden_size,
+                num_layers=model_args.tiny_text_layers, seed=args.seed,
+                text_pretrain_steps=model_args.tiny_text_pretrain_steps, chat_template=True, lowercase=False,
             )
         set_seed(args.seed)  # the projector's initialisation
         return build_llava(
             model_args.vision_model_name_or_path, text_path,
             image_processor_name_or_path=model_args.image_processor_name_or_path,
             vision_feature_select_strategy=model_args.vision_feature_select_strategy,
+            vision_feature_layer=model_args.vision_feature_layer, chat_template=model_args.chat_template,
         )
 
     return layout.write_init(build)
@@ -291,14 +367,15 @@ def run_evaluation(model_dir: Path, data_args: DataArguments, args: VLMTrainingA
     model = AutoModelForImageTextToText.from_pretrained(model_dir, **dtype)
     processor = AutoProcessor.from_pretrained(model_dir)
     model.to(args.device)
-    predictions = generate_answers(model, processor, evaluation, data_args.prompt_template,
-                                   batch_size=args.per_device_eval_batch_size, max_new_tokens=data_args.max_new_tokens,
+    predictions = generate_answers(model, processor, evaluation, batch_size=args.per_device_eval_batch_size,
+                                   max_new_tokens=data_args.max_new_tokens,
+                                   image_aspect_ratio=data_args.image_aspect_ratio,
                                    desc=f"{data_args.benchmark}: generating answers")
-    results = score_predictions(evaluation, predictions)
+    results = score_predictions(evaluation, predictions, data_args.scoring)
     runs = {args.run_name or out.name: results}
     metrics = {"eval_samples": len(evaluation), **_flatten(results)}
-    if data_args.blind_baseline and train is not None:
-        blind = score_predictions(evaluation, question_prior_predictions(train, evaluation))
+    if data_args.blind_baseline and train is not None and "question" in train.column_names:
+        blind = score_predictions(evaluation, question_prior_predictions(train, evaluation), data_args.scoring)
         runs["blind question prior"] = blind
         metrics.update(_flatten(blind, prefix="blind_"))
     table = format_results_table(runs)
@@ -336,13 +413,16 @@ def main() -> None:
     summaries = {}
     if args.do_train:
         hub = HubPushCallback(token=hub_token) if args.push_to_hub else None  # without pickles: see its docstring
+        collator = partial(ConversationCollator, image_aspect_ratio=data_args.image_aspect_ratio,
+                           max_length=data_args.max_length)
         run = StagedRun(
-            layout, args, VLM_STAGES, make_collator=partial(VQACollator, template=data_args.prompt_template),
+            layout, args, VLM_STAGES, make_collator=collator,
             model_kwargs={"attn_implementation": model_args.attn_implementation},
             apply_lora=apply_vlm_lora, merge_lora=merge_vlm_lora,
             callbacks=[hub] if hub else (), after_save=hub.push_final if hub else None,
         )
-        summaries = run.run(start, train)
+        conversations = train if "messages" in train.column_names else vqa_conversations(train)
+        summaries = run.run(start, conversations)
         start = layout.stage_dir(args.stages[-1])
 
     if args.process_index == 0:

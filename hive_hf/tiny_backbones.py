@@ -21,16 +21,25 @@ from transformers import (
 )
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+# A chat template for the tiny tokenizer (`chat_template=True`): each turn is `<|role|>`, its text and EOS, so a
+# generated answer ends at EOS; its role markers are special tokens.
+CHAT_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
 
 
-def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the words and punctuation of `texts` (lower-cased), with Llama-style BOS."""
+def build_word_tokenizer(texts: Iterable[str], lowercase: bool = True) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the words and punctuation of `texts` (lower-cased unless `lowercase=False`), with
+    Llama-style BOS."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower())})
+    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower() if lowercase else text)})
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS.values(), *words])}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
-    tokenizer.normalizer = normalizers.Lowercase()
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
@@ -72,6 +81,8 @@ def write_tiny_backbones(
     text_pretrain_steps: int = 0,
     images: Sequence | None = None,
     vision_pretrain_steps: int = 0,
+    chat_template: bool = False,
+    lowercase: bool = True,
 ) -> tuple[str, str]:
     """Write `folder/vision` (SiglipVisionModel + image processor) and `folder/text` (LlamaForCausalLM +
     tokenizer); returns their paths. Deterministic for a given seed.
@@ -80,10 +91,16 @@ def write_tiny_backbones(
     tiny LLM on `texts` alone (no images); `vision_pretrain_steps` > 0 trains the tiny tower SigLIP-style (sigmoid
     image-text contrastive loss against a bag-of-words text encoder that is then thrown away) on `images` paired
     with `texts`. The demo's stage 1 then connects two pretrained models, as in the paper.
+
+    `chat_template=True` gives the tokenizer `CHAT_TEMPLATE` (its role markers become special tokens), for chat-style
+    fine-tuning; `lowercase=False` keeps case (e.g. option letters, which lmms-eval's ScienceQA scoring wants upper-case).
     """
     folder = Path(folder)
     texts = list(texts)
-    tokenizer = build_word_tokenizer(texts)
+    tokenizer = build_word_tokenizer(texts, lowercase=lowercase)
+    if chat_template:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(CHAT_ROLE_TOKENS)})
+        tokenizer.chat_template = CHAT_TEMPLATE
     vision_config, text_config = tiny_configs(
         len(tokenizer), image_size, patch_size, hidden_size, num_layers, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

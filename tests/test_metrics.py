@@ -63,7 +63,8 @@ def test_scripts_are_standalone(name):
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, "relative imports are not copied along with the script"
             imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "re", "collections", "functools", "typing", "datasets", "evaluate"}, imported
+    assert imported <= {"__future__", "re", "string", "collections", "functools", "typing", "datasets", "evaluate"}, \
+        imported
 
 
 def test_duplicated_helpers_stay_identical(metrics):
@@ -195,12 +196,29 @@ def test_vqa_invalid_inputs(metrics):
 
 
 def test_gqa_accuracy(metrics):
-    predictions = ["The table.", "YES", "left side", "", "  Blue!! ", "an apple", "theater"]
-    references = ["table", "yes", "left", "yes", "blue", "apple", "theater"]
-    # right: table, yes, blue, apple, theater (5); wrong: "left side" != "left", "" (2) -> 5 / 7
+    predictions = ["Table.", "YES", "left side", "", "  Blue!! ", "t-shirt", "the table"]
+    references = ["table", "yes", "left", "yes", "blue", "t-shirt", "table"]
+    # lmms-eval (default): lower-case, punctuation deleted on both sides, no article removal.
+    # right: table, yes, blue, t-shirt (5: "tshirt" both sides) -> 4; wrong: "left side", "", "the table" -> 4 / 7
     result = metrics["gqa_accuracy"].compute(predictions=predictions, references=references, return_per_question=True)
-    assert result["gqa_accuracy_per_question"] == [1, 1, 0, 0, 1, 1, 1]
-    assert result["gqa_accuracy"] == pytest.approx(100 * 5 / 7)
+    assert result["gqa_accuracy_per_question"] == [1, 1, 0, 0, 1, 1, 0]
+    assert result["gqa_accuracy"] == pytest.approx(100 * 4 / 7)
+
+
+@pytest.mark.parametrize(("prediction", "reference", "lmms_eval", "llava", "lenient"), [
+    ("Table.", "table", 1, 1, 1),
+    ("Blue!!", "blue", 1, 0, 1),  # llava strips only periods
+    ("the table", "table", 0, 0, 1),  # only lenient drops articles
+    ("t-shirt", "t-shirt", 1, 1, 1),
+    ("tshirt", "t-shirt", 1, 0, 0),  # lmms-eval deletes the hyphen on both sides
+    ("left  side", "left side", 0, 0, 1),  # only lenient collapses whitespace
+    (" Yes ", "yes", 1, 1, 1),
+])
+def test_gqa_normalizations(metrics, prediction, reference, lmms_eval, llava, lenient):
+    for normalization, expected in (("lmms_eval", lmms_eval), ("llava", llava), ("lenient", lenient)):
+        result = metrics["gqa_accuracy"].compute(predictions=[prediction], references=[reference],
+                                                 normalization=normalization)
+        assert result["gqa_accuracy"] == 100.0 * expected, normalization
 
 
 def test_gqa_normalisation_and_errors(metrics):
@@ -209,7 +227,11 @@ def test_gqa_normalisation_and_errors(metrics):
     assert normalize("theater") == "theater"  # articles only as whole words
     assert normalize("left of the table.") == "left of table"
     with pytest.raises(ValueError, match="reference 0 .*empty after normalisation"):
-        metrics["gqa_accuracy"].compute(predictions=["the"], references=["The"])
+        metrics["gqa_accuracy"].compute(predictions=["the"], references=["The"], normalization="lenient")
+    with pytest.raises(ValueError, match="reference 0 .*empty after normalisation"):
+        metrics["gqa_accuracy"].compute(predictions=["x"], references=["?"])
+    with pytest.raises(ValueError, match="`normalization` must be one of .*'lmms_eval'.*got 'official'"):
+        metrics["gqa_accuracy"].compute(predictions=["x"], references=["x"], normalization="official")
 
 
 # --- ScienceQA --------------------------------------------------------------------------------------------------
@@ -225,13 +247,12 @@ _SQA_WRONG = [
 ]  # fmt: skip
 
 
-def test_scienceqa_letter_and_text_formats(metrics):
+def test_scienceqa_lenient_letter_and_text_formats(metrics):
     sqa = metrics["scienceqa_accuracy"]
     for predictions, expected in [(_SQA_RIGHT, 1), (_SQA_WRONG, 0)]:
         n = len(predictions)
-        result = sqa.compute(
-            predictions=predictions, references=[1] * n, choices=[_SQA_CHOICES] * n, return_per_question=True
-        )
+        result = sqa.compute(predictions=predictions, references=[1] * n, choices=[_SQA_CHOICES] * n,
+                             parsing="lenient", return_per_question=True)
         # keyed by prediction so a failure names the offending format
         assert dict(zip(predictions, result["scienceqa_accuracy_per_question"])) == dict.fromkeys(
             predictions, expected
@@ -239,14 +260,36 @@ def test_scienceqa_letter_and_text_formats(metrics):
         assert result["scienceqa_accuracy"] == 100.0 * expected
 
 
+# lmms-eval's sqa_process_results: the (stripped) letter, or an upper-case letter and a period first.
+_SQA_STRICT_RIGHT = ["B", " B ", "B.", "B. a mammal", "B.mammal"]
+_SQA_STRICT_WRONG = ["b", "(B)", "B)", "[B]", "The answer is B.", "a mammal", "B a mammal", "b. a mammal", "A. a mammal",
+                     ""]  # fmt: skip
+
+
+def test_scienceqa_strict_is_the_default_and_wants_the_letter(metrics):
+    sqa = metrics["scienceqa_accuracy"]
+    predictions = _SQA_STRICT_RIGHT + _SQA_STRICT_WRONG
+    n = len(predictions)
+    result = sqa.compute(predictions=predictions, references=[1] * n, choices=[_SQA_CHOICES] * n,
+                         return_per_question=True)
+    expected = [1] * len(_SQA_STRICT_RIGHT) + [0] * len(_SQA_STRICT_WRONG)
+    assert dict(zip(predictions, result["scienceqa_accuracy_per_question"])) == dict(zip(predictions, expected))
+    assert sqa.compute(predictions=predictions, references=[1] * n, choices=[_SQA_CHOICES] * n,
+                       parsing="strict") == {"scienceqa_accuracy": 100.0 * 5 / n}
+    with pytest.raises(ValueError, match="`parsing` must be one of .*'lenient'.*got 'loose'"):
+        sqa.compute(predictions=["B"], references=[1], choices=[_SQA_CHOICES], parsing="loose")
+
+
 def test_scienceqa_accuracy_value(metrics):
-    result = metrics["scienceqa_accuracy"].compute(
-        predictions=["(A)", "The answer is B.", "frog", "C"],
-        references=[0, 1, 0, 1],
-        choices=[["cat", "dog"], ["yes", "no"], ["fish", "frog", "toad"], ["x", "y"]],
+    inputs = dict(
+        predictions=["(A)", "The answer is B.", "frog", "C", "A"],
+        references=[0, 1, 0, 1, 0],
+        choices=[["cat", "dog"], ["yes", "no"], ["fish", "frog", "toad"], ["x", "y"], ["x", "y"]],
     )
-    # right: (A) -> 0, B -> 1; wrong: "frog" is option 1 not 0, "C" is out of range for 2 choices -> 2 / 4
-    assert result == {"scienceqa_accuracy": 50.0}
+    # lenient: right "(A)" -> 0, "B" -> 1, "A"; wrong: "frog" is option 1 not 0, "C" is out of range -> 3 / 5
+    assert metrics["scienceqa_accuracy"].compute(**inputs, parsing="lenient") == {"scienceqa_accuracy": 60.0}
+    # strict: only the bare "A" -> 1 / 5
+    assert metrics["scienceqa_accuracy"].compute(**inputs) == {"scienceqa_accuracy": 20.0}
 
 
 def test_scienceqa_invalid_inputs(metrics):
@@ -305,7 +348,10 @@ def test_mme_scores(metrics):
     assert details["existence"] == pytest.approx(
         {"acc": 75.0, "acc_plus": 50.0, "score": 125.0, "num_questions": 4, "num_images": 2, "num_other": 0}
     )
-    assert details["OCR"]["num_other"] == 2 and details["code_reasoning"]["num_other"] == 1
+    # official parsing: "" and "I think not" are "other"; "not sure" is "no" ("no" in its first four characters)
+    assert details["OCR"]["num_other"] == 2 and details["code_reasoning"]["num_other"] == 0
+    strict = metrics["mme_score"].compute(**_mme_inputs(_MME_ROWS), parsing="strict", return_details=True)
+    assert strict["total"] == pytest.approx(475.0) and strict["details"]["code_reasoning"]["num_other"] == 1
 
 
 def test_mme_grouping_ignores_row_order(metrics):
@@ -327,30 +373,37 @@ def test_mme_question_ids_alias_and_add_batch(metrics):
 
 
 @pytest.mark.parametrize(
-    ("text", "default", "official"),
+    ("text", "official", "strict"),
     [
         ("Yes.", "yes", "yes"),
         ("yes, it is", "yes", "yes"),
         ("NO", "no", "no"),
-        ('"No", there is none', "no", "no"),  # leading quote skipped; official: "no" in '"no"' (first 4 chars)
-        ("Nope", "other", "no"),  # default needs the whole word; official: substring "no" in "nope"
-        ("not sure", "other", "no"),  # official: substring "no" in "not "
-        ("None", "other", "no"),
+        (" no ", "no", "no"),
+        ('"No", there is none', "no", "no"),  # strict skips the quote; official: "no" in '"no"' (first 4 characters)
+        ("Nope", "no", "other"),  # official: substring "no" in "nope"; strict needs the whole word
+        ("not sure", "no", "other"),  # official: substring "no" in "not "
+        ("None", "no", "other"),
+        ("y", "yes", "other"),  # official: one character y / n
+        ("N.", "no", "other"),  # official deletes periods first: "n"
+        ("x", "other", "other"),
+        ("Yes.No", "yes", "yes"),  # official: "yesno" starts with "yes"
         ("I think yes", "other", "other"),
         ("", "other", "other"),
     ],
 )
-def test_mme_answer_parsing(metrics, text, default, official):
+def test_mme_answer_parsing(metrics, text, official, strict):
     parse = _module(metrics["mme_score"]).parse_answer
-    assert parse(text) == default
-    assert parse(text, official=True) == official
+    assert parse(text) == official  # the official tool's parse_pred_ans is the default
+    assert parse(text, "strict") == strict
 
 
-def test_mme_official_parsing_changes_score(metrics):
+def test_mme_parsing_changes_score(metrics):
     rows = [("No", "No", "i.png", "count"), ("not really", "No", "i.png", "count")]
-    # default: "not really" is "other" -> acc 1/2 = 50, acc+ 0 -> 50; official: "no" -> 100 + 100 = 200
-    assert metrics["mme_score"].compute(**_mme_inputs(rows))["count"] == pytest.approx(50.0)
-    assert metrics["mme_score"].compute(**_mme_inputs(rows), official_parsing=True)["count"] == pytest.approx(200.0)
+    # official (default): "not really" is "no" -> 100 + 100 = 200; strict: "other" -> acc 1/2 = 50, acc+ 0 -> 50
+    assert metrics["mme_score"].compute(**_mme_inputs(rows))["count"] == pytest.approx(200.0)
+    assert metrics["mme_score"].compute(**_mme_inputs(rows), parsing="strict")["count"] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="`parsing` must be one of .*'strict'.*got 'lenient'"):
+        metrics["mme_score"].compute(**_mme_inputs(rows), parsing="lenient")
 
 
 def test_mme_invalid_inputs(metrics):

@@ -2,8 +2,10 @@
 a separable toy problem with the encoder untouched, feature caching, seed statistics, the table, bad flags, the
 script end to end."""
 
+import contextlib
 import io
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -29,8 +31,12 @@ from transformers import (
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor
 from hive_hf.evaluation import (
+    LAST_HIDDEN_STATE,
+    PROBE_RECIPES,
+    AttentiveProbeHead,
     ProbeAugmentation,
     ProbeSettings,
+    default_feature_layer,
     format_table,
     load_encoder,
     load_probe_datasets,
@@ -132,6 +138,105 @@ def test_every_encoder_kind_loads_with_the_features_of_its_source(encoders, kind
     assert torch.equal(ours.pooler_output, theirs.pooler_output)
 
 
+@pytest.mark.parametrize("kind", ["stock", "clip_two_tower"])
+def test_features_are_a_blocks_raw_output_without_post_norm_or_class_token(encoders, kind):
+    model, _ = load_encoder(encoders[kind][0])
+    pixel_values = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(pixel_values=pixel_values, output_hidden_states=True)
+    blocks = model.config.num_hidden_layers
+    first = 1 if kind == "clip_two_tower" else 0  # CLIP's class token comes first and is dropped
+    for layer in [*range(blocks + 1), -1, -2, -blocks - 1]:
+        tokens = probe_module._FrozenEncoder(model, "tokens", layer, SIZE, torch.device("cpu"))(pixel_values)
+        expected = out.hidden_states[layer][:, first:]
+        assert tokens.shape == (2, (SIZE // 4) ** 2, 32) and torch.equal(tokens, expected), layer
+        mean = probe_module._FrozenEncoder(model, "mean", layer, SIZE, torch.device("cpu"))(pixel_values)
+        assert torch.allclose(mean, expected.mean(dim=1))
+    # The default for a stock tower, hidden_states[-2], is not what the tower outputs (SigLIP: its post-norm on top
+    # of the last block); the old choice stays available by name, class token included.
+    default = probe_module._FrozenEncoder(model, "tokens", -2, SIZE, torch.device("cpu"))(pixel_values)
+    assert not torch.allclose(default, out.last_hidden_state[:, first:])
+    last = probe_module._FrozenEncoder(model, "tokens", LAST_HIDDEN_STATE, SIZE, torch.device("cpu"))(pixel_values)
+    assert torch.equal(last, out.last_hidden_state)
+    if kind == "stock":  # SigLIP: last_hidden_state = post_layernorm(output of the last block)
+        assert torch.allclose(last, model.post_layernorm(out.hidden_states[-1]))
+    with pytest.raises(ValueError, match=f"--feature_layer {blocks + 1} is not a hidden_states index of a {blocks}"):
+        probe_module._FrozenEncoder(model, "tokens", blocks + 1, SIZE, torch.device("cpu"))
+
+
+def test_hive_checkpoints_are_probed_at_their_deepest_tap_and_stock_towers_at_minus_two(encoders, tmp_path):
+    torch.manual_seed(0)
+    hive = HiveForConditionalGeneration(tiny_config(vision_feature_layers=[1, 3])).eval()  # 4 blocks, taps 1 and 3
+    hive.vision_model.save_pretrained(tmp_path / "taps_1_3")
+    SiglipImageProcessorPil(size={"height": SIZE, "width": SIZE}).save_pretrained(tmp_path / "taps_1_3")
+    assert default_feature_layer(str(tmp_path / "taps_1_3")) == 3
+    assert default_feature_layer(encoders["hive_full"][0]) == default_feature_layer(encoders["hive_encoder"][0]) == 4
+    assert default_feature_layer(encoders["stock"][0]) == default_feature_layer(encoders["clip_two_tower"][0]) == -2
+
+    paths = [str(tmp_path / "taps_1_3"), encoders["stock"][0]]
+    settings = {**FAST, "epochs": 1, "warmup_epochs": 0.0, "augment": False}
+    results = run_probe(paths, toy_split(16, 4), toy_split(8, 5), encoder_names=["hive", "stock"], **settings)
+    # hidden_states[-2] of the 2-block stock tower is hidden_states[1]
+    assert {n: e["features"] for n, e in results["encoders"].items()} == {"hive": "hidden_states[3]",
+                                                                          "stock": "hidden_states[1]"}
+    chosen = run_probe(paths, toy_split(16, 4), toy_split(8, 5), encoder_names=["hive", "stock"],
+                       feature_layer="last_hidden_state", **settings)
+    assert {e["features"] for e in chosen["encoders"].values()} == {"last_hidden_state"}
+    pooled = run_probe(paths[:1], toy_split(16, 4), toy_split(8, 5), probe="linear", pooling="pooler", **settings)
+    assert pooled["encoders"]["taps_1_3"]["features"] == "pooler_output"
+    assert "(`" + paths[0] + "`, hidden_states[3])" in probe_module.format_details(results)
+
+
+def test_recipes_by_name_and_explicit_flags_win():
+    paper = ProbeSettings()
+    assert (paper.recipe, paper.learning_rates, paper.epochs, paper.weight_decay) == ("paper", [3e-4, 1e-3, 3e-3,
+                                                                                                 1e-2, 3e-2], 30, 0.05)
+    assert (paper.warmup_epochs, paper.warmup_ratio, paper.bf16) == (1.5, None, False)
+    assert paper.warmup_steps(steps_per_epoch=20) == 30  # 1.5 epochs
+    authors = ProbeSettings(recipe="authors")
+    assert (authors.learning_rates, authors.epochs, authors.weight_decay) == ([2e-4], 5, 0.01)
+    assert (authors.warmup_epochs, authors.warmup_ratio, authors.bf16) == (None, 0.03, True)
+    assert authors.warmup_steps(steps_per_epoch=20) == 3  # 3% of 5 x 20 steps
+    imagenet = ProbeSettings(recipe="authors_imagenet")
+    assert (imagenet.learning_rates, imagenet.epochs, imagenet.weight_decay) == ([1e-3], 1, 0.01)
+    mine = ProbeSettings(recipe="authors", epochs=2, learning_rates=[0.1], warmup_epochs=0.5)
+    assert (mine.epochs, mine.learning_rates, mine.warmup_epochs, mine.warmup_ratio) == (2, [0.1], 0.5, None)
+    assert mine.weight_decay == 0.01 and mine.bf16 is True
+    assert set(PROBE_RECIPES) == {"paper", "authors", "authors_imagenet"}
+    # bf16 only where the device runs it natively: never on CPU
+    assert isinstance(probe_module._bf16_autocast(torch.device("cpu"), True), type(contextlib.nullcontext()))
+
+
+def test_linear_probe_pools_the_feature_layer_by_default():
+    settings = ProbeSettings(probe="linear")
+    assert settings.pooling is None and settings.feature == "mean"
+    assert ProbeSettings(probe="linear", pooling="pooler").feature == "pooler"
+    assert ProbeSettings(feature_layer="-2").layer == -2 and ProbeSettings(feature_layer="7").layer == 7
+    assert ProbeSettings(feature_layer="last_hidden_state").layer == "last_hidden_state"
+
+
+def test_attentive_head_is_initialised_as_the_authors_and_uses_the_towers_heads(encoders, monkeypatch):
+    torch.manual_seed(0)
+    head = AttentiveProbeHead(256, 1000, num_heads=4)
+    assert head.attention.num_heads == 4
+    assert torch.equal(head.norm.weight, torch.ones(256)) and torch.equal(head.norm.bias, torch.zeros(256))
+    assert head.query.abs().max() <= math.sqrt(6 / (2 * 256))  # xavier-uniform bound, fan_in = fan_out = 256
+    assert head.query.std().item() == pytest.approx(math.sqrt(2 / (2 * 256)), rel=0.15)
+    assert torch.equal(head.attention.in_proj_bias, torch.zeros(3 * 256))
+    assert torch.equal(head.attention.out_proj.bias, torch.zeros(256))
+    out = head.attention.out_proj.weight
+    assert out.std().item() == pytest.approx(math.sqrt(1 / 256), rel=0.05)  # lecun-normal: variance 1 / fan_in
+    assert out.abs().max() <= 2 * math.sqrt(1 / 256) / 0.87962566103423978  # truncated at two (raw) std
+    assert head.classifier.weight.std().item() == pytest.approx(256**-0.5, rel=0.05)
+
+    built = []
+    monkeypatch.setattr(probe_module, "AttentiveProbeHead",
+                        lambda *args: built.append(args) or AttentiveProbeHead(*args))
+    model, image_processor = load_encoder(encoders["stock"][0])
+    probe_encoder(model, image_processor, toy_split(8, 0), toy_split(4, 1), **{**FAST, "epochs": 1, "warmup_epochs": 0.0})
+    assert built[0] == (32, 4, model.config.num_attention_heads) == (32, 4, 4)
+
+
 @pytest.mark.parametrize("probe, augment, kind", [
     ("linear", False, "stock"), ("attentive", True, "stock"), ("linear", True, "clip_two_tower"),
 ])
@@ -219,6 +324,11 @@ def test_table_format():
     ({"validation_fraction": 1.0}, "--validation_fraction"),
     ({"crop_scale": [0.8, 0.4]}, "--crop_scale.*crop_scale"),
     ({"probe": "linear", "attentive_num_heads": 2}, "--attentive_num_heads"),
+    ({"feature_layer": "block3"}, "--feature_layer takes a hidden_states index .* got 'block3'"),
+    ({"probe": "linear", "pooling": "pooler", "feature_layer": "-2"}, "--pooling pooler reads .* drop --feature_layer"),
+    ({"recipe": "timm"}, "--recipe must be one of .*'authors_imagenet'"),
+    ({"warmup_epochs": 1.0, "warmup_ratio": 0.1}, "Give the warmup once"),
+    ({"warmup_ratio": 1.0}, "--warmup_ratio must lie in"),
 ])
 def test_bad_settings_are_rejected_with_the_flag_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -271,6 +381,9 @@ def test_script_takes_one_json_file_with_flags_overriding_it(tmp_path):
     assert (settings.probe, settings.augment, settings.epochs, settings.learning_rates) == ("linear", False, 7,
                                                                                             [0.1, 0.01])
     assert settings.batch_size == 512 and settings.max_grad_norm == 3.0 and settings.warmup_epochs == 1.5
+    _, _, authors, _ = load_script("run_probe").parse_args(["--encoders", "a", "--recipe", "authors",
+                                                           "--feature_layer", "-2"])
+    assert (authors.epochs, authors.learning_rates, authors.warmup_ratio, authors.layer) == (5, [2e-4], 0.03, -2)
 
 
 def test_imagefolder_with_class_subfolders(tmp_path):

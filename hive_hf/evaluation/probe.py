@@ -1,16 +1,34 @@
 """Classification probes of frozen vision encoders: Table 1 of the HIVE paper.
 
-Reference: "Hierarchical Pre-Training of Vision Encoders with Large Language Models" (arXiv 2604.00086), Sec. 4.
-The encoder stays frozen (eval mode, no gradient, weights never touched); only a small head trains:
+Reference: "Hierarchical Pre-Training of Vision Encoders with Large Language Models" (arXiv 2604.00086), Sec. 4;
+the authors' released probe is `llava_next/train/train_classification.py` with `scripts/train/classification.sh`
+(GitHub eugenelet/HIVE @ a5160ce). The encoder stays frozen (eval mode, no gradient, weights never touched); only a
+small head trains:
 
-- ``linear``: one ``nn.Linear`` on pooled features: the tower's ``pooler_output`` (SigLIP: the attention-pooling
-  "MAP" head; CLIP: the normalised class token) or, with ``pooling="mean"``, the mean of ``last_hidden_state``.
-- ``attentive`` (the authors' default): a learned query attends over all tokens of ``last_hidden_state`` (CLIP's
-  class token included), followed by a linear classifier.
+- ``attentive`` (the authors' default): LayerNorm, then one learned query attends over the tokens
+  (``nn.MultiheadAttention`` with the tower's number of heads), then a linear classifier; initialised as the
+  authors' ``ImageClassificationAttentiveProbe``.
+- ``linear``: one ``nn.Linear`` on pooled tokens: their mean (the default) or, with ``pooling="pooler"``, the tower's
+  ``pooler_output`` (SigLIP: the attention-pooling "MAP" head; CLIP: the normalised class token).
 
-The recipe follows the paper: AdamW, batch 512, gradient clipping at 3.0, 1.5 epochs of linear warmup then cosine
-decay, and RandomResizedCrop(0.4-1.0, 3/4-4/3, bicubic) + horizontal flip + ColorJitter(0.2, 0.2, 0.2, 0) on the
-training images (``augment.py``). Test images get the encoder's own image processor and nothing else.
+Which features (``feature_layer``). The authors delete the blocks after the one they probe and SigLIP's post-norm,
+so the head reads a block's raw output: ``hidden_states[k]`` (0 = patch embeddings, ``k`` = output of block ``k``),
+patch tokens only (a CLIP class token is dropped). By default ``k`` is the deepest layer HIVE tapped for a HIVE
+checkpoint (the last layer pre-training shaped; the authors' SigLIP-L taps end at block 23 of 24) and
+``hidden_states[-2]`` for a stock tower (what the authors' probe reads from any SigLIP-L: block 23 of 24).
+``feature_layer="last_hidden_state"`` reads the tower's output instead (after the last block and, for SigLIP, its
+post-LayerNorm; CLIP's class token kept), which HIVE never trains when its deepest tap is not the last block.
+``pooling="pooler"`` reads SigLIP's pooling head, which HIVE never trains at all.
+
+Recipes (``recipe``), by name (:data:`PROBE_RECIPES`). ``paper`` (the default) is the paper's Table 4: AdamW, batch
+512, gradient clipping at 3.0, 1.5 epochs of linear warmup then cosine decay; the table leaves the learning rates,
+weight decay and epochs blank, so we pick a learning rate from a grid on held-out data and train 30 epochs. The
+authors' scripts give ``authors`` (5 epochs, lr 2e-4, weight decay 0.01, warmup 3% of the steps, bf16) for CIFAR,
+Tiny-ImageNet, Caltech-256, Food-101, Cars and Pets, and ``authors_imagenet`` (1 epoch at lr 1e-3, the rest the same)
+for ImageNet-1K, as in ``classification.sh`` (``HIVE_florence.sh`` has a disabled ImageNet block at lr 2e-4).
+Both train with RandomResizedCrop(0.4-1.0, 3/4-4/3, bicubic) + horizontal flip + ColorJitter(0.2, 0.2, 0.2, 0)
+(``augment.py``); test images get the encoder's own image processor and nothing else. A flag given explicitly
+overrides its recipe value.
 
 Protocol. With more than one learning rate, each is trained once (first seed) on the training split minus a held-out
 ``validation_fraction`` (or on all of it when a separate validation split is given) and scored on the held-out rows;
@@ -32,6 +50,7 @@ Unreadable images are skipped (``hive_hf.data.decode_image``) and counted per sp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -57,6 +76,7 @@ from transformers import (
 from transformers.utils import logging
 
 from ..compat import AutoImageProcessor
+from ..configuration_hive import HiveConfig
 from ..data import check_source_exists, decode_image, make_shapes_dataset
 from ..metrics import load_metric
 from ..modeling_hive import load_vision_tower
@@ -65,13 +85,18 @@ from .augment import ProbeAugmentation
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "LAST_HIDDEN_STATE",
     "PROBES",
     "POOLINGS",
+    "PROBE_RECIPES",
+    "STOCK_FEATURE_LAYER",
+    "ProbeRecipe",
     "SYNTHETIC_DATASET",
     "ProbeSettings",
     "LinearProbeHead",
     "AttentiveProbeHead",
     "load_encoder",
+    "default_feature_layer",
     "encoder_image_size",
     "load_probe_datasets",
     "probe_encoder",
@@ -82,10 +107,36 @@ __all__ = [
 ]
 
 PROBES: tuple[str, ...] = ("linear", "attentive")
-POOLINGS: tuple[str, ...] = ("pooler", "mean")
+POOLINGS: tuple[str, ...] = ("mean", "pooler")
+# `feature_layer` of a stock tower (hidden_states[-2], the authors' choice) and the name of the tower's own output.
+STOCK_FEATURE_LAYER = -2
+LAST_HIDDEN_STATE = "last_hidden_state"
 SYNTHETIC_DATASET = "synthetic"
 # The embedded default: the synthetic shapes, probed on `label` (the shape class).
 SYNTHETIC_TRAIN_SAMPLES, SYNTHETIC_TEST_SAMPLES = 2000, 500
+
+
+@dataclass(frozen=True)
+class ProbeRecipe:
+    """The training schedule of a probe; warmup is given in epochs or as a fraction of all steps, not both."""
+
+    learning_rates: tuple[float, ...]
+    epochs: int
+    weight_decay: float
+    warmup_epochs: float | None = None
+    warmup_ratio: float | None = None
+    bf16: bool = False
+
+
+_AUTHORS = dict(weight_decay=0.01, warmup_ratio=0.03, bf16=True)
+PROBE_RECIPES: dict[str, ProbeRecipe] = {
+    # The paper's Table 4; its blanks (learning rates, weight decay, epochs) are our choices.
+    "paper": ProbeRecipe(learning_rates=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2), epochs=30, weight_decay=0.05,
+                         warmup_epochs=1.5),
+    # scripts/train/classification.sh: the seven smaller datasets, and ImageNet-1K.
+    "authors": ProbeRecipe(learning_rates=(2e-4,), epochs=5, **_AUTHORS),
+    "authors_imagenet": ProbeRecipe(learning_rates=(1e-3,), epochs=1, **_AUTHORS),
+}
 
 
 @dataclass
@@ -98,24 +149,49 @@ class ProbeSettings:
     )
     pooling: str | None = field(
         default=None,
-        metadata={"help": f"--probe linear only: one of {POOLINGS} (default pooler: the tower's pooler_output; "
-                          "mean: the mean of last_hidden_state)."},
+        metadata={"help": f"--probe linear only: one of {POOLINGS} (default mean: the mean of the --feature_layer "
+                          "tokens; pooler: the tower's pooler_output, which HIVE never trains)."},
     )
-    learning_rates: list[float] = field(
-        default_factory=lambda: [3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
-        metadata={"help": "Peak learning rates to try; with several, the best on a validation split is used."},
+    feature_layer: str | None = field(
+        default=None,
+        metadata={"help": "The hidden_states index the head reads, raw (no post-norm), patch tokens only (negative "
+                          "counts from the end), or last_hidden_state (the tower's output: post-normed for SigLIP, "
+                          "CLIP's class token kept). Default: the deepest tapped layer of a HIVE checkpoint, "
+                          f"{STOCK_FEATURE_LAYER} for a stock tower."},
+    )
+    recipe: str = field(
+        default="paper",
+        metadata={"help": f"Training schedule, one of {tuple(PROBE_RECIPES)}: the paper's Table 4, or the authors' "
+                          "released one (authors_imagenet for ImageNet-1K); explicit flags override it."},
+    )
+    learning_rates: list[float] | None = field(
+        default=None,
+        metadata={"help": "Peak learning rates to try; with several, the best on a validation split is used "
+                          "(default: the recipe's)."},
     )
     seeds: list[int] = field(
         default_factory=lambda: [0, 1, 2],
         metadata={"help": "Seeds of the final runs (head init, batch order, augmentation); mean and std reported."},
     )
-    epochs: int = field(default=30, metadata={"help": "Training epochs of the head."})
+    epochs: int | None = field(default=None, metadata={"help": "Training epochs of the head (default: the recipe's)."})
     batch_size: int = field(default=512, metadata={"help": "Batch size (the paper's 512)."})
-    weight_decay: float = field(
-        default=0.05, metadata={"help": "AdamW weight decay of the head's matrices (not stated in the paper)."}
+    weight_decay: float | None = field(
+        default=None, metadata={"help": "AdamW weight decay of the head's matrices (default: the recipe's)."}
     )
     max_grad_norm: float = field(default=3.0, metadata={"help": "Gradient clipping norm (the paper's 3.0)."})
-    warmup_epochs: float = field(default=1.5, metadata={"help": "Linear warmup, in epochs, before cosine decay."})
+    warmup_epochs: float | None = field(
+        default=None, metadata={"help": "Linear warmup, in epochs, before cosine decay (default: the recipe's)."}
+    )
+    warmup_ratio: float | None = field(
+        default=None,
+        metadata={"help": "Linear warmup as a fraction of all steps, instead of --warmup_epochs (default: the "
+                          "recipe's)."},
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "Run the encoder and the head under bfloat16 autocast where the device supports it (CUDA "
+                          "with bf16); CPU runs stay float32 (default: the recipe's)."},
+    )
     augment: bool = field(
         default=True,
         metadata={"help": "Random crop + flip + colour jitter on training images (the paper's recipe)."},
@@ -142,7 +218,7 @@ class ProbeSettings:
         metadata={"help": "Input resolution (default: the encoder's); other sizes interpolate position embeddings."},
     )
     attentive_num_heads: int | None = field(
-        default=None, metadata={"help": "--probe attentive: attention heads (default: width // 64, at least 1)."}
+        default=None, metadata={"help": "--probe attentive: attention heads (default: the tower's, as the authors)."}
     )
     feature_cache_dir: str | None = field(
         default=None,
@@ -158,6 +234,21 @@ class ProbeSettings:
             raise ValueError(f"--pooling applies to --probe linear; --probe {self.probe} pools with its own query.")
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"--pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+        if self.layer is not None and self.feature == "pooler":  # `layer` also validates --feature_layer
+            raise ValueError(f"--pooling pooler reads the tower's pooler_output (computed from its last block); drop "
+                             f"--feature_layer {self.feature_layer} or use --pooling mean.")
+        if self.recipe not in PROBE_RECIPES:
+            raise ValueError(f"--recipe must be one of {tuple(PROBE_RECIPES)}, got {self.recipe!r}.")
+        if self.warmup_epochs is not None and self.warmup_ratio is not None:
+            raise ValueError(f"Give the warmup once: --warmup_epochs {self.warmup_epochs} or --warmup_ratio "
+                             f"{self.warmup_ratio}, not both.")
+        recipe = PROBE_RECIPES[self.recipe]
+        if self.warmup_epochs is None and self.warmup_ratio is None:
+            self.warmup_epochs, self.warmup_ratio = recipe.warmup_epochs, recipe.warmup_ratio
+        for name in ("learning_rates", "epochs", "weight_decay", "bf16"):
+            if getattr(self, name) is None:
+                value = getattr(recipe, name)
+                setattr(self, name, list(value) if isinstance(value, tuple) else value)
         if self.attentive_num_heads is not None and (self.probe != "attentive" or self.attentive_num_heads < 1):
             raise ValueError(
                 f"--attentive_num_heads takes a positive number with --probe attentive; got "
@@ -169,11 +260,13 @@ class ProbeSettings:
             raise ValueError(f"--seeds takes distinct non-negative integers, got {self.seeds}.")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"--epochs and --batch_size must be positive, got {self.epochs} and {self.batch_size}.")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(
                 f"--warmup_epochs must lie in [0, --epochs), got {self.warmup_epochs} with --epochs {self.epochs}: "
                 "warmup would leave no cosine decay."
             )
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"--warmup_ratio must lie in [0, 1), got {self.warmup_ratio}.")
         if self.max_grad_norm <= 0 or self.weight_decay < 0:
             raise ValueError(
                 f"--max_grad_norm must be positive and --weight_decay non-negative, got {self.max_grad_norm} and "
@@ -199,8 +292,25 @@ class ProbeSettings:
 
     @property
     def feature(self) -> str:
-        """What the head consumes: `tokens` (attentive), `pooler` or `mean` (linear)."""
-        return "tokens" if self.probe == "attentive" else (self.pooling or "pooler")
+        """What the head consumes: `tokens` (attentive), `mean` or `pooler` (linear)."""
+        return "tokens" if self.probe == "attentive" else (self.pooling or "mean")
+
+    @property
+    def layer(self) -> int | str | None:
+        """`--feature_layer` as a `hidden_states` index, `LAST_HIDDEN_STATE`, or None (each encoder's default)."""
+        if self.feature_layer is None or str(self.feature_layer) == LAST_HIDDEN_STATE:
+            return self.feature_layer
+        try:
+            return int(self.feature_layer)
+        except ValueError:
+            raise ValueError(f"--feature_layer takes a hidden_states index (e.g. -2 or 23) or {LAST_HIDDEN_STATE!r}, "
+                             f"got {self.feature_layer!r}.") from None
+
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        total = self.epochs * steps_per_epoch
+        if self.warmup_ratio is not None:
+            return round(self.warmup_ratio * total)
+        return round(self.warmup_epochs * steps_per_epoch)
 
     def augmentation(self, size: int) -> ProbeAugmentation:
         try:
@@ -224,6 +334,15 @@ def _vision_config(config: Any) -> Any:
 def encoder_image_size(name_or_path: str, **kwargs: Any) -> int:
     """The input resolution an encoder checkpoint (HIVE, two-tower or vision-only) was built for."""
     return int(_vision_config(AutoConfig.from_pretrained(name_or_path, **kwargs)).image_size)
+
+
+def default_feature_layer(name_or_path: str, **kwargs: Any) -> int:
+    """The `hidden_states` index a probe reads by default: the deepest layer a HIVE checkpoint (full or encoder-only)
+    tapped in pre-training, else `STOCK_FEATURE_LAYER` (-2, the authors' choice for a stock tower)."""
+    config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    if config.model_type == HiveConfig.model_type:  # by type: with remote code the class is the checkpoint's copy
+        return max(config.vision_feature_layers)
+    return STOCK_FEATURE_LAYER
 
 
 def load_encoder(
@@ -257,13 +376,38 @@ def load_encoder(
     return model, image_processor
 
 
-class _FrozenEncoder:
-    """The frozen tower's forward, returning the features a head consumes (`tokens`, `pooler` or `mean`)."""
+def _bf16_autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast when asked and the device runs it natively (CUDA with bf16); otherwise float32."""
+    enabled = bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
-    def __init__(self, model: PreTrainedModel, feature: str, image_size: int, device: torch.device):
+
+def _hidden_state_index(layer: int, num_layers: int) -> int:
+    """`layer` (negative counts from the end, as in `hidden_states`) as an index in [0, num_layers]."""
+    index = layer + num_layers + 1 if layer < 0 else layer
+    if not 0 <= index <= num_layers:
+        raise ValueError(
+            f"--feature_layer {layer} is not a hidden_states index of a {num_layers}-block tower: use "
+            f"{-num_layers - 1}..{num_layers} (0 = patch embeddings, i = output of block i)."
+        )
+    return index
+
+
+class _FrozenEncoder:
+    """The frozen tower's forward, returning the features a head consumes (`tokens`, `mean` or `pooler`).
+
+    `layer` is a `hidden_states` index or `LAST_HIDDEN_STATE`. A block's output is read with a hook, raw (no
+    post-norm) and without the class token of towers that have one, so no other hidden state is kept in memory.
+    """
+
+    def __init__(self, model: PreTrainedModel, feature: str, layer: int | str, image_size: int, device: torch.device,
+                 bf16: bool = False):
         self.model = model.to(device).eval().requires_grad_(False)
         self.feature = feature
+        self.num_layers = model.config.num_hidden_layers
+        self.layer = layer if layer == LAST_HIDDEN_STATE else _hidden_state_index(int(layer), self.num_layers)
         self.device = device
+        self.bf16 = bf16
         # Other resolutions than the tower's own need its position embeddings interpolated.
         self.interpolate = image_size != model.config.image_size
 
@@ -271,22 +415,64 @@ class _FrozenEncoder:
     def width(self) -> int:
         return self.model.config.hidden_size
 
+    @property
+    def description(self) -> str:
+        """The features in words, for the results."""
+        if self.feature == "pooler":
+            return "pooler_output"
+        return self.layer if self.layer == LAST_HIDDEN_STATE else f"hidden_states[{self.layer}]"
+
+    def _block_output(self, pixel_values: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+        """`hidden_states[self.layer]`, the input of block `layer + 1` (or the last block's output), from a hook."""
+        blocks = getattr(getattr(self.model, "encoder", None), "layers", None)
+        if not isinstance(blocks, nn.ModuleList) or len(blocks) != self.num_layers:  # not the usual layout
+            out = self.model(pixel_values=pixel_values, output_hidden_states=True, **extra)
+            return out.hidden_states[self.layer]
+        captured = []
+
+        def block_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.append(args[0] if args else kwargs["hidden_states"])
+
+        def block_output(module: nn.Module, args: tuple, output: Any) -> None:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+
+        if self.layer < self.num_layers:
+            handle = blocks[self.layer].register_forward_pre_hook(block_input, with_kwargs=True)
+        else:
+            handle = blocks[-1].register_forward_hook(block_output)
+        try:
+            self.model(pixel_values=pixel_values, **extra)
+        finally:
+            handle.remove()
+        return captured[0]
+
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         extra = {"interpolate_pos_encoding": True} if self.interpolate else {}
-        out = self.model(pixel_values=pixel_values.to(self.device, self.model.dtype), **extra)
-        if self.feature == "tokens":
-            features = out.last_hidden_state  # (B, N, D)
-        elif self.feature == "mean":
-            features = out.last_hidden_state.mean(dim=1)  # (B, D)
-        else:
-            features = getattr(out, "pooler_output", None)  # (B, D)
-            if features is None:
-                raise ValueError(
-                    f"{type(self.model).__name__} returns no pooler_output (e.g. SigLIP with vision_use_head=False); "
-                    "use --pooling mean or --probe attentive."
-                )
-        return features.float()
+        pixel_values = pixel_values.to(self.device, self.model.dtype)
+        with _bf16_autocast(self.device, self.bf16):
+            if self.feature == "pooler":
+                features = getattr(self.model(pixel_values=pixel_values, **extra), "pooler_output", None)  # (B, D)
+                if features is None:
+                    raise ValueError(
+                        f"{type(self.model).__name__} returns no pooler_output (e.g. SigLIP with vision_use_head="
+                        "False); use --pooling mean or --probe attentive."
+                    )
+                return features.float()
+            if self.layer == LAST_HIDDEN_STATE:
+                tokens = self.model(pixel_values=pixel_values, **extra).last_hidden_state  # (B, N, D)
+            else:
+                tokens = self._drop_class_token(self._block_output(pixel_values, extra), pixel_values)
+        return (tokens if self.feature == "tokens" else tokens.mean(dim=1)).float()  # (B, N, D) or (B, D)
+
+    def _drop_class_token(self, tokens: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch tokens only: a tower that adds one token (CLIP's class token, first) loses it."""
+        patch = self.model.config.patch_size
+        extra = tokens.shape[1] - (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
+        if extra not in (0, 1):
+            raise ValueError(f"{type(self.model).__name__} outputs {extra} tokens besides its patches; the probe "
+                             "knows towers with none (SigLIP) or one class token (CLIP).")
+        return tokens[:, extra:]
 
 
 def _fingerprint_model(model: PreTrainedModel) -> str:
@@ -592,11 +778,20 @@ class LinearProbeHead(nn.Module):
         return self.classifier(features)  # (B, C)
 
 
-class AttentiveProbeHead(nn.Module):
-    """Attention pooling with one learned query over the encoder's tokens `(B, N, D)`, then a linear classifier.
+def _lecun_normal_(weight: torch.Tensor) -> None:
+    """timm's `lecun_normal_` (the authors' init of the attention's output projection): a normal truncated at two
+    standard deviations, scaled so that its variance is 1 / fan_in."""
+    std = math.sqrt(1.0 / weight.shape[1]) / 0.87962566103423978  # the std of a unit normal truncated at +-2
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
 
-    The tokens are layer-normalised first: towers differ in the scale of their outputs (SigLIP's are post-normed,
-    CLIP's `last_hidden_state` is not), and the query should not have to learn it.
+
+class AttentiveProbeHead(nn.Module):
+    """The authors' attentive probe (`ImageClassificationAttentiveProbe`): LayerNorm over the encoder's tokens
+    `(B, N, D)`, one learned query attending over them (`nn.MultiheadAttention`), a linear classifier on the result.
+
+    The LayerNorm is new and trainable: the probed features are a block's raw output, whose scale the query should not
+    have to learn. Initialisation as the authors': query and packed q/k/v weights xavier-uniform, their biases zero,
+    output projection lecun-normal, classifier normal with std `D ** -0.5` (transformers' SigLIP classifier init).
     """
 
     def __init__(self, hidden_size: int, num_classes: int, num_heads: int | None = None):
@@ -606,9 +801,11 @@ class AttentiveProbeHead(nn.Module):
             raise ValueError(f"The attentive probe's {num_heads} heads must divide the encoder width {hidden_size}.")
         self.norm = nn.LayerNorm(hidden_size)
         self.query = nn.Parameter(torch.empty(1, 1, hidden_size))
-        nn.init.trunc_normal_(self.query, std=0.02)
-        self.attention = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)
+        nn.init.xavier_uniform_(self.query)
+        self.attention = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)  # xavier q/k/v, zero biases
+        _lecun_normal_(self.attention.out_proj.weight)
         self.classifier = nn.Linear(hidden_size, num_classes)
+        nn.init.normal_(self.classifier.weight, std=hidden_size**-0.5)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = self.norm(tokens)  # (B, N, D)
@@ -641,14 +838,15 @@ def _train_head(
     optimizer = torch.optim.AdamW(_parameter_groups(head, settings.weight_decay), lr=learning_rate)
     steps_per_epoch = math.ceil(len(rows) / settings.batch_size)
     total = settings.epochs * steps_per_epoch
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(settings.warmup_epochs * steps_per_epoch), total)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps(steps_per_epoch), total)
     order = torch.Generator().manual_seed(seed)
     rows_tensor = torch.tensor(rows, dtype=torch.long)
     head.train()
     for epoch in tqdm(range(settings.epochs), desc=desc, leave=False):
         shuffled = rows_tensor[torch.randperm(len(rows), generator=order)].tolist()
         for features, labels in source.batches(_chunks(shuffled, settings.batch_size), epoch):
-            loss = nn.functional.cross_entropy(head(features), labels)
+            with _bf16_autocast(device, settings.bf16):
+                loss = nn.functional.cross_entropy(head(features), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(head.parameters(), settings.max_grad_norm)
@@ -659,12 +857,14 @@ def _train_head(
 
 @torch.no_grad()
 def _accuracy(
-    head: nn.Module, source: _OnlineFeatures | _CachedFeatures, rows: list[int], batch_size: int, metric: Any
+    head: nn.Module, source: _OnlineFeatures | _CachedFeatures, rows: list[int], settings: ProbeSettings, metric: Any
 ) -> float:
     """Top-1 accuracy in percent over the readable rows among `rows`."""
     predictions, references = [], []
-    for features, labels in source.batches(_chunks(rows, batch_size), epoch=0):
-        predictions += head(features).argmax(dim=-1).tolist()
+    device = next(head.parameters()).device
+    for features, labels in source.batches(_chunks(rows, settings.batch_size), epoch=0):
+        with _bf16_autocast(device, settings.bf16):
+            predictions += head(features).argmax(dim=-1).tolist()
         references += labels.tolist()
     if not references:
         raise ValueError("No readable image to evaluate on.")
@@ -702,6 +902,7 @@ def probe_encoder(
     label_column: str = "label",
     encoder_name: str = "encoder",
     cache_key: dict[str, Any] | None = None,
+    feature_layer: int | str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Probe one loaded vision model (e.g. from :func:`load_encoder`); its weights are never changed.
@@ -717,10 +918,14 @@ def probe_encoder(
         validation: a split to choose the learning rate on (default: hold out `settings.validation_fraction` of
             train).
         cache_key: what identifies this encoder in the feature cache (default: a hash of its config and weights).
+        feature_layer: the `hidden_states` index (or `LAST_HIDDEN_STATE`) the head reads, overriding
+            `settings.feature_layer`; default `STOCK_FEATURE_LAYER` (`run_probe` passes a HIVE checkpoint's deepest
+            tap, see :func:`default_feature_layer`).
 
     Returns:
         `{"mean", "std", "per_seed": {seed: accuracy %}, "learning_rate", "validation_accuracy": {lr: %},
-        "skipped_images": {split: count}, "num_classes", "class_names", "seconds"}`.
+        "features": e.g. "hidden_states[23]", "skipped_images": {split: count}, "num_classes", "class_names",
+        "seconds"}`.
     """
     if settings is not None and kwargs:
         raise ValueError(f"Pass either `settings` or its fields as keyword arguments, not both: {sorted(kwargs)}.")
@@ -732,7 +937,10 @@ def probe_encoder(
     validation = others[0] if others else None
 
     input_size = settings.image_size or _processor_size(image_processor) or model.config.image_size
-    encoder = _FrozenEncoder(model, settings.feature, input_size, device)
+    for layer in (feature_layer, settings.layer, STOCK_FEATURE_LAYER):
+        if layer is not None:
+            break
+    encoder = _FrozenEncoder(model, settings.feature, layer, input_size, device, settings.bf16)
     resize_to = settings.image_size  # None: the processor resizes test images its own way
     split_data = {"train": train, "test": test} | ({"validation": validation} if validation is not None else {})
 
@@ -750,6 +958,7 @@ def probe_encoder(
             key = {
                 **cache_key, "split": split, "dataset": rows._fingerprint, "num_rows": len(rows),
                 "image_column": image_column, "label_column": label_column, "feature": settings.feature,
+                "features": encoder.description,
                 "image_size": settings.image_size, "image_processor": image_processor.to_json_string(),
             }
             sources[split] = _cached_features(encoder, images(split, False), settings, key, f"{encoder_name} {split}")
@@ -766,7 +975,8 @@ def probe_encoder(
     num_classes = len(class_names)
     hidden_size = encoder.width
     if settings.probe == "attentive":
-        make_head = partial(AttentiveProbeHead, hidden_size, num_classes, settings.attentive_num_heads)
+        num_heads = settings.attentive_num_heads or model.config.num_attention_heads
+        make_head = partial(AttentiveProbeHead, hidden_size, num_classes, num_heads)
     else:
         make_head = partial(LinearProbeHead, hidden_size, num_classes)
 
@@ -783,7 +993,7 @@ def probe_encoder(
         for lr in settings.learning_rates:
             desc = f"{encoder_name}: lr {lr:g} (selection)"
             head = _train_head(make_head, train_source, fit_rows, settings, lr, settings.seeds[0], device, desc)
-            validation_accuracy[lr] = _accuracy(head, held_source, held_rows, settings.batch_size, metric)
+            validation_accuracy[lr] = _accuracy(head, held_source, held_rows, settings, metric)
             logger.info(f"{desc}: validation accuracy {validation_accuracy[lr]:.2f}%")
         learning_rate = max(validation_accuracy, key=validation_accuracy.get)  # ties: the first listed
 
@@ -791,7 +1001,7 @@ def probe_encoder(
     for seed in settings.seeds:
         desc = f"{encoder_name}: lr {learning_rate:g} seed {seed}"
         head = _train_head(make_head, train_source, all_rows, settings, learning_rate, seed, device, desc)
-        per_seed[seed] = _accuracy(head, sources["test"], list(range(len(test))), settings.batch_size, metric)
+        per_seed[seed] = _accuracy(head, sources["test"], list(range(len(test))), settings, metric)
         logger.info(f"{desc}: test accuracy {per_seed[seed]:.2f}%")
     mean, std = summarize_seeds(list(per_seed.values()))
 
@@ -804,6 +1014,7 @@ def probe_encoder(
         "per_seed": per_seed,
         "learning_rate": learning_rate,
         "validation_accuracy": validation_accuracy,
+        "features": encoder.description,
         "skipped_images": counts,
         "num_classes": num_classes,
         "class_names": class_names,
@@ -844,9 +1055,13 @@ def run_probe(
         dataset_name: the table column of this dataset.
         load_kwargs: forwarded to :func:`load_encoder` (`trust_remote_code`, `revision`, ...).
 
+    Each encoder is read at `settings.feature_layer`, or by default at :func:`default_feature_layer` (a HIVE
+    checkpoint's deepest tap, -2 for a stock tower).
+
     Returns:
         `{"dataset", "settings", "num_classes", "num_train", "num_test", "encoders": {name: {"name_or_path", "mean",
-        "std", "per_seed", "learning_rate", "validation_accuracy", "skipped_images", "seconds"}}}`; accuracies in %.
+        "std", "per_seed", "learning_rate", "validation_accuracy", "features", "skipped_images", "seconds"}}}`;
+        accuracies in %.
     """
     if settings is not None and kwargs:
         raise ValueError(f"Pass either `settings` or its fields as keyword arguments, not both: {sorted(kwargs)}.")
@@ -859,10 +1074,12 @@ def run_probe(
     results: dict[str, Any] = {"dataset": dataset_name, "settings": asdict(settings), "encoders": {}}
     for name, name_or_path in zip(names, encoders):
         model, image_processor = load_encoder(name_or_path, **(load_kwargs or {}))
+        layer = settings.layer if settings.layer is not None else default_feature_layer(name_or_path,
+                                                                                        **(load_kwargs or {}))
         logger.info(f"probing {name} ({name_or_path}, {type(model).__name__}) on {dataset_name}")
         outcome = probe_encoder(
             model, image_processor, train, test, settings, validation=validation, image_column=image_column,
-            label_column=label_column, encoder_name=name,
+            label_column=label_column, encoder_name=name, feature_layer=layer,
         )
         for key in ("num_classes", "class_names", "num_train", "num_test"):
             results[key] = outcome.pop(key)
@@ -905,8 +1122,8 @@ def format_details(results: dict[str, Any] | Sequence[dict[str, Any]], precision
         lines.append(
             f"**{run['dataset']}** ({run['num_train']} train / {run['num_test']} test images, {run['num_classes']} "
             f"classes; probe {settings['probe']}"
-            + (f", pooling {settings['pooling'] or 'pooler'}" if settings["probe"] == "linear" else "")
-            + f", {settings['epochs']} epochs, augment {settings['augment']})"
+            + (f", pooling {settings['pooling'] or 'mean'}" if settings["probe"] == "linear" else "")
+            + f", recipe {settings['recipe']}, {settings['epochs']} epochs, augment {settings['augment']})"
         )
         lines.append("")
         for name, entry in run["encoders"].items():
@@ -915,7 +1132,7 @@ def format_details(results: dict[str, Any] | Sequence[dict[str, Any]], precision
                 f"{float(lr):g}: {a:.{precision}f}" for lr, a in entry["validation_accuracy"].items()
             )
             lines.append(
-                f"- {name} (`{entry['name_or_path']}`): {seeds}; lr {entry['learning_rate']:g}"
+                f"- {name} (`{entry['name_or_path']}`, {entry['features']}): {seeds}; lr {entry['learning_rate']:g}"
                 + (f" (validation {selection})" if selection else "")
                 + "; skipped images: " + ", ".join(f"{k} {n}" for k, n in entry["skipped_images"].items())
                 + f"; {entry['seconds']:.0f} s"

@@ -1,14 +1,19 @@
 """LLaVA-style VLM fine-tuning and evaluation of a vision encoder (HIVE, arXiv 2604.00086, Sec. 4 and Table 2).
 
-The pre-trained encoder feeds a stock `transformers` `LlavaForConditionalGeneration`: its final-layer tokens
-(`vision_feature_layer=-1`; SigLIP has no class token, so all of them, `"full"`; CLIP's class token is dropped,
-`"default"`) go through a fresh 2-layer MLP projector into any causal LM's input sequence. Training has two stages,
-LLaVA's: 1 trains the projector (encoder and LLM frozen), 2 adds the LLM (in full, or LoRA adapters); the encoder is
-always frozen. The result is a plain LLaVA checkpoint with a `LlavaProcessor`: it loads with
-`AutoModelForImageTextToText` / `AutoProcessor` and no remote code.
+The pre-trained encoder feeds a stock `transformers` `LlavaForConditionalGeneration`, as the authors' stages 4-5
+(`scripts/train/HIVE_florence.sh`, GitHub eugenelet/HIVE @ a5160ce) do: the output of the second-to-last block
+(`vision_feature_layer=-2`, LLaVA's `mm_vision_select_layer -2`: a raw block output, no post-norm; SigLIP has no class
+token, so all patches, `"full"`; CLIP's class token is dropped, `"default"`) goes through a fresh 2-layer MLP projector
+into any causal LM's input sequence. Images are padded to a square of the image processor's mean colour before
+resizing (`image_aspect_ratio="pad"`, LLaVA's `expand2square`). Training has two stages, LLaVA's: 1 trains the
+projector (encoder and LLM frozen), 2 adds the LLM (in full, or LoRA adapters); the encoder is always frozen. The
+result is a plain LLaVA checkpoint with a `LlavaProcessor`: it loads with `AutoModelForImageTextToText` /
+`AutoProcessor` and no remote code.
 
-Evaluation generates short answers greedily and scores them with each benchmark's own metric (`hive_hf.metrics`),
-on data in the layout of :mod:`hive_hf.evaluation.vqa_data`.
+Training data are conversations (`vqa_data.CONVERSATION_FEATURES`) rendered with the LLM's own chat template; the loss
+covers the assistant turns only (`ConversationCollator`). Evaluation asks lmms-eval's prompts in the same template,
+decodes greedily (16 new tokens) and scores with each benchmark's own metric (`hive_hf.metrics`), on data in the
+layout of :mod:`hive_hf.evaluation.vqa_data`.
 """
 
 from __future__ import annotations
@@ -41,21 +46,25 @@ from ..metrics import load_metric
 from ..modeling_hive import load_vision_tower
 from ..training import TrainingStages, apply_lora, merge_lora
 from ..training.collator import SkippingCollator
-from .vqa_data import DEFAULT_PROMPT_TEMPLATE, TASK_METRICS, build_prompt, training_answer
+from .vqa_data import IMAGE_TOKEN, TASK_METRICS, training_answer, user_message
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "IMAGE_ASPECT_RATIOS",
     "IMAGE_TOKEN",
+    "SCORING_OPTIONS",
     "TASK_TITLES",
     "VLM_STAGES",
     "VLM_STAGE_COMPONENTS",
     "VLM_STAGE_DEFAULTS",
     "VLMStageHyperparameters",
-    "VQACollator",
+    "ConversationCollator",
     "apply_vlm_lora",
+    "assistant_spans",
     "build_llava",
     "compose_llava",
+    "expand_to_square",
     "format_results_table",
     "generate_answers",
     "llava_parameter_component",
@@ -66,7 +75,7 @@ __all__ = [
     "set_vlm_training_stage",
 ]
 
-IMAGE_TOKEN = "<image>"
+IMAGE_ASPECT_RATIOS = ("pad", "square")
 
 # What each VLM stage trains (LLaVA; the paper's Sec. 4): the encoder never.
 VLM_STAGE_COMPONENTS: dict[int, frozenset[str]] = {1: frozenset({"projector"}), 2: frozenset({"projector", "llm"})}
@@ -79,11 +88,20 @@ class VLMStageHyperparameters:
     learning_rate: float
 
 
-# LLaVA-1.5's recipe (pretrain / finetune; warmup ratio 0.03, cosine, no weight decay). LLaVA's LoRA fine-tuning
-# uses 2e-4 in stage 2.
+# The paper's Table 5 (global batch 256 then 64, gradient clipping 1.0, warmup 66 / 347 of 2180 / 11540 steps, i.e. 3%,
+# cosine) with the authors' learning rates, epochs and weight decay (HIVE_florence.sh stages 4-5: 1e-3 then 2e-5, one
+# epoch each, no weight decay; the same batches). LLaVA-1.5 used 128 in stage 2; LoRA fine-tuning uses 2e-4 there.
 VLM_STAGE_DEFAULTS: dict[int, VLMStageHyperparameters] = {
     1: VLMStageHyperparameters(batch_size=256, epochs=1, learning_rate=1e-3),
-    2: VLMStageHyperparameters(batch_size=128, epochs=1, learning_rate=2e-5),
+    2: VLMStageHyperparameters(batch_size=64, epochs=1, learning_rate=2e-5),
+}
+
+# The scoring options of the metrics (`hive_hf.metrics`, whose scripts cannot be imported from): task -> (option, its
+# values), the first being the metric's default, lmms-eval's. `tests/test_vlm.py` checks these against the metrics.
+SCORING_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "scienceqa": ("parsing", ("strict", "lenient")),
+    "mme": ("parsing", ("official", "strict")),
+    "gqa": ("normalization", ("lmms_eval", "llava", "lenient")),
 }
 
 # Column titles of the results table, in the paper's order (Table 2).
@@ -116,15 +134,23 @@ def compose_llava(
     vision_feature_select_strategy: str | None = None,
     image_token: str = IMAGE_TOKEN,
     projector_hidden_act: str = "gelu",
+    vision_feature_layer: int = -2,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A `LlavaForConditionalGeneration` holding `vision`'s and `llm`'s weights exactly, with a fresh projector
     (seeded by the caller's RNG state), and its `LlavaProcessor`.
+
+    `vision_feature_layer` is the `hidden_states` index the projector reads (-2: the second-to-last block's raw
+    output, as the authors and LLaVA; -1: the last block's, still without SigLIP's post-norm).
 
     `vision_feature_select_strategy` defaults to what the tower needs: `"full"` when it outputs patch tokens only
     (SigLIP), `"default"` when it adds one class token (CLIP), which LLaVA drops. `image_token` is added to the
     tokenizer as a special token if missing, and `llm`'s embeddings grow by the added rows only (the existing rows
     are left as they were): both are changed in place. A tokenizer without a pad token pads with its EOS token.
     """
+    blocks = vision.config.num_hidden_layers
+    if not -blocks - 1 <= vision_feature_layer <= blocks:
+        raise ValueError(f"vision_feature_layer must be a hidden_states index of the {blocks}-block tower, in "
+                         f"[{-blocks - 1}, {blocks}]; got {vision_feature_layer}.")
     patches, extra = _extra_tokens(vision)
     if vision_feature_select_strategy is None:
         if extra not in (0, 1):
@@ -158,7 +184,7 @@ def compose_llava(
         text_config=copy.deepcopy(llm.config),
         image_token_index=tokenizer.convert_tokens_to_ids(image_token),
         image_seq_length=image_seq_length,
-        vision_feature_layer=-1,
+        vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
         projector_hidden_act=projector_hidden_act,
         tie_word_embeddings=llm.config.tie_word_embeddings,
@@ -197,17 +223,22 @@ def build_llava(
     image_token: str = IMAGE_TOKEN,
     vision_kwargs: dict[str, Any] | None = None,
     text_kwargs: dict[str, Any] | None = None,
+    vision_feature_layer: int = -2,
+    chat_template: str | None = None,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """:func:`compose_llava` from checkpoints: a vision encoder (see `hive_hf.modeling_hive.load_vision_tower`) and a
     causal LM with its tokenizer (local folders or Hub ids). The image processor comes from the vision checkpoint
-    unless `image_processor_name_or_path` is given."""
+    unless `image_processor_name_or_path` is given; `chat_template` (a Jinja string) replaces the tokenizer's."""
     vision_kwargs, text_kwargs = dict(vision_kwargs or {}), dict(text_kwargs or {})
     vision = load_vision_tower(vision_name_or_path, **vision_kwargs)
     image_processor = AutoImageProcessor.from_pretrained(image_processor_name_or_path or vision_name_or_path)
     llm = AutoModelForCausalLM.from_pretrained(text_name_or_path, **text_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, **text_kwargs)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     return compose_llava(vision, llm, tokenizer, image_processor,
-                         vision_feature_select_strategy=vision_feature_select_strategy, image_token=image_token)
+                         vision_feature_select_strategy=vision_feature_select_strategy, image_token=image_token,
+                         vision_feature_layer=vision_feature_layer)
 
 
 # -- training stages --------------------------------------------------------------------------------------------------
@@ -259,52 +290,131 @@ def merge_vlm_lora(model: LlavaForConditionalGeneration) -> None:
     merge_lora(model.model)
 
 
-# -- batches ----------------------------------------------------------------------------------------------------------
-class VQACollator(SkippingCollator):
-    """Training batches from VQA records: `<prompt> <answer><eos>` with labels on the answer and EOS only (prompt
-    and image tokens -100). Rows whose image is unreadable are skipped and counted (see `SkippingCollator`).
+# -- images and chat ---------------------------------------------------------------------------------------------------
+def expand_to_square(image: PIL.Image.Image, background: tuple[int, ...]) -> PIL.Image.Image:
+    """LLaVA's `expand2square`: the image centred on a square canvas of `background` colour (unchanged if square)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = PIL.Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
 
-    The answer's tokens are taken in context (the tokens of `prompt + " " + answer` after those of `prompt`), so they
-    are the ones a model continuing the prompt would produce.
+
+def _prepare_image(image: PIL.Image.Image, image_processor: Any, image_aspect_ratio: str) -> PIL.Image.Image:
+    """`"pad"`: padded to a square of the processor's mean colour (`int(mean * 255)`, as the authors); `"square"`:
+    as is (the processor squashes it)."""
+    if image_aspect_ratio == "square":
+        return image
+    return expand_to_square(image, tuple(int(m * 255) for m in image_processor.image_mean))
+
+
+def _check_aspect_ratio(image_aspect_ratio: str) -> None:
+    if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+        raise ValueError(f"--image_aspect_ratio must be one of {IMAGE_ASPECT_RATIOS}, got {image_aspect_ratio!r}.")
+
+
+def _check_chat_template(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"The LLM's tokenizer ({type(tokenizer).__name__}) has no chat template; conversations and benchmark "
+            "prompts are rendered with it. Use a chat/instruct LLM or give a template (--chat_template, a Jinja "
+            "string or a file holding one)."
+        )
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation rendered with the tokenizer's chat template and the character span of each assistant turn in
+    it: from the end of the generation prompt before the turn (e.g. `<|im_start|>assistant\\n`) to the end of the
+    turn, its end-of-turn marker included (what the model must learn to produce, stopping included)."""
+    text = _render(tokenizer, messages)
+    spans = []
+    for i, turn in enumerate(messages):
+        if turn["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True)
+        through = _render(tokenizer, messages[: i + 1])
+        if not (through.startswith(before) and text.startswith(through)):
+            raise ValueError(
+                "The tokenizer's chat template does not render a conversation as its turns one after another (the "
+                f"first {i + 1} turns are not a prefix of the whole), so the assistant turns cannot be told apart; "
+                "give another template (--chat_template)."
+            )
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+# -- batches ----------------------------------------------------------------------------------------------------------
+class ConversationCollator(SkippingCollator):
+    """Training batches from conversations (`vqa_data.CONVERSATION_FEATURES`: `image`, `messages`), rendered with the
+    tokenizer's chat template, the image token expanded by the processor. Labels are the tokens of the assistant
+    turns (their end-of-turn marker included); system and user turns, image tokens and padding are -100. Rows
+    without an image are text-only conversations; rows whose image is unreadable are skipped and counted (see
+    `SkippingCollator`).
+
+    Args:
+        processor: the model's `LlavaProcessor`; its tokenizer must have a chat template.
+        image_aspect_ratio: `"pad"` (to a square of the image processor's mean colour, as the authors' fine-tuning)
+            or `"square"` (the processor squashes the image).
+        max_length: cut longer conversations to this many tokens (the authors' `model_max_length` is 2048); a cut
+            inside the image raises.
     """
 
-    def __init__(self, processor: LlavaProcessor, template: str = DEFAULT_PROMPT_TEMPLATE):
+    def __init__(self, processor: LlavaProcessor, image_aspect_ratio: str = "pad", max_length: int | None = None):
         super().__init__()
+        _check_aspect_ratio(image_aspect_ratio)
+        _check_chat_template(processor.tokenizer)
         self.processor = processor
-        self.template = template
-        self._warned = False
+        self.image_aspect_ratio = image_aspect_ratio
+        self.max_length = max_length
 
-    def _answer_ids(self, prompt: str, answer: str) -> list[int]:
-        tokenizer = self.processor.tokenizer
-        prompt_ids = tokenizer(prompt).input_ids
-        full_ids = tokenizer(f"{prompt} {answer}").input_ids
-        if full_ids[: len(prompt_ids)] == prompt_ids:
-            return full_ids[len(prompt_ids):]
-        if not self._warned:
-            logger.warning("The tokenizer merges the prompt's last token with the answer; tokenizing answers alone.")
-            self._warned = True
-        return tokenizer(f" {answer}", add_special_tokens=False).input_ids
-
-    def usable(self, row: dict[str, Any]) -> tuple[dict[str, Any], PIL.Image.Image] | None:
+    def usable(self, row: dict[str, Any]) -> tuple[list[dict[str, str]], PIL.Image.Image | None] | None:
+        if row.get("image") is None:
+            return row["messages"], None
         image = decode_image(row["image"])
-        return None if image is None else (row, image)
+        return None if image is None else (row["messages"], image)
 
-    def collate(self, items: list[tuple[dict[str, Any], PIL.Image.Image]]) -> dict[str, torch.Tensor]:
-        prompts = [build_prompt(row, self.template) for row, _ in items]
-        encoded = self.processor(images=[image for _, image in items], text=prompts)
+    def _labels(self, text: str, spans: list[tuple[int, int]], ids: list[int], offsets: list) -> list[int]:
+        """`ids` where a token starts inside an assistant span, else -100. The processor wrote every image token of
+        `text` as many; the offsets are in that expanded text, so spans after an image move along."""
+        token = self.processor.image_token
+        placeholders = text.count(token)
+        grow = (ids.count(self.processor.image_token_id) // placeholders - 1) * len(token) if placeholders else 0
+        moved = [(s + text[:s].count(token) * grow, e + text[:s].count(token) * grow) for s, e in spans]
+        return [i if any(s <= start < e for s, e in moved) else -100 for i, (start, _) in zip(ids, offsets)]
+
+    def collate(self, items: list[tuple[list[dict[str, str]], PIL.Image.Image | None]]) -> dict[str, torch.Tensor]:
         tokenizer = self.processor.tokenizer
+        rendered = [assistant_spans(tokenizer, messages) for messages, _ in items]
+        images = [_prepare_image(image, self.processor.image_processor, self.image_aspect_ratio)
+                  for _, image in items if image is not None]
+        encoded = self.processor(images=images or None, text=[text for text, _ in rendered],
+                                 add_special_tokens=False, return_offsets_mapping=True)
         sequences, labels = [], []
-        for (row, _), prompt, prompt_ids in zip(items, prompts, encoded["input_ids"]):
-            answer_ids = self._answer_ids(prompt, training_answer(row)) + [tokenizer.eos_token_id]
-            sequences.append(list(prompt_ids) + answer_ids)
-            labels.append([-100] * len(prompt_ids) + answer_ids)
+        for (text, spans), ids, offsets in zip(rendered, encoded["input_ids"], encoded["offset_mapping"]):
+            ids = list(ids)
+            row_labels = self._labels(text, spans, ids, offsets)
+            if self.max_length is not None and len(ids) > self.max_length:
+                if self.processor.image_token_id in ids[self.max_length:]:
+                    raise ValueError(f"A conversation of {len(ids)} tokens would be cut inside its image at "
+                                     f"--max_length {self.max_length}; raise --max_length.")
+                ids, row_labels = ids[: self.max_length], row_labels[: self.max_length]
+            sequences.append(ids)
+            labels.append(row_labels)
         length = max(len(s) for s in sequences)
-        return {
+        batch = {
             "input_ids": torch.tensor([s + [tokenizer.pad_token_id] * (length - len(s)) for s in sequences]),
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (length - len(s)) for s in sequences]),
             "labels": torch.tensor([lab + [-100] * (length - len(lab)) for lab in labels]),
-            "pixel_values": torch.stack([torch.as_tensor(np.asarray(p)) for p in encoded["pixel_values"]]),
         }
+        if images:
+            batch["pixel_values"] = torch.stack([torch.as_tensor(np.asarray(p)) for p in encoded["pixel_values"]])
+        return batch
 
 
 # -- evaluation -------------------------------------------------------------------------------------------------------
@@ -313,34 +423,45 @@ def generate_answers(
     model: LlavaForConditionalGeneration,
     processor: LlavaProcessor,
     dataset: Any,
-    template: str = DEFAULT_PROMPT_TEMPLATE,
     batch_size: int = 16,
-    max_new_tokens: int = 10,
+    max_new_tokens: int = 16,
+    image_aspect_ratio: str = "pad",
     desc: str = "generating answers",
 ) -> list[str]:
-    """Greedy short answers, one per record (its first line, stripped). A record whose image cannot be read gets
-    the empty answer, which every metric scores as wrong, so the question set stays the benchmark's."""
+    """One answer per record, as lmms-eval asks and reads it: :func:`vqa_data.user_message` (`<image>\\n`, the question
+    and the task's post-prompt) as the user turn of the LLM's chat template, greedy decoding of at most
+    `max_new_tokens` (lmms-eval's 16), the text stripped of surrounding whitespace. A text-only record (no image, as
+    in ScienceQA-FULL) is asked without one; a record whose image cannot be read gets the empty answer, which every
+    metric scores as wrong, so the question set stays the benchmark's."""
+    _check_aspect_ratio(image_aspect_ratio)
+    _check_chat_template(processor.tokenizer)
     model.eval()
     device = next(model.parameters()).device
     answers: list[str] = []
     unreadable = 0
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch"):
         rows = dataset[start:start + batch_size]
-        images = [decode_image(value) for value in rows["image"]]
-        keep = [i for i, image in enumerate(images) if image is not None]
-        unreadable += len(images) - len(keep)
-        batch_answers = [""] * len(images)
-        if keep:
-            records = [{k: rows[k][i] for k in ("question", "choices")} for i in keep]
-            inputs = processor(
-                images=[images[i] for i in keep], text=[build_prompt(r, template) for r in records],
-                padding=True, padding_side="left", return_tensors="pt",
-            ).to(device)
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        records = [dict(zip(rows, values)) for values in zip(*rows.values())]
+        images = [None if r["image"] is None else decode_image(r["image"]) for r in records]
+        unreadable += sum(r["image"] is not None and image is None for r, image in zip(records, images))
+        batch_answers = [""] * len(records)
+        with_image = [i for i, image in enumerate(images) if image is not None]
+        text_only = [i for i, r in enumerate(records) if r["image"] is None]
+        for group in (with_image, text_only):
+            if not group:
+                continue
+            prompts = [_render(processor.tokenizer, [{"role": "user", "content": user_message(
+                records[i], processor.image_token)}], add_generation_prompt=True) for i in group]
+            pictures = [_prepare_image(images[i], processor.image_processor, image_aspect_ratio) for i in group
+                        if images[i] is not None]
+            inputs = processor(images=pictures or None, text=prompts, padding=True, padding_side="left",
+                               add_special_tokens=False, return_tensors="pt").to(device)
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
             texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, text in zip(keep, texts):
-                batch_answers[i] = text.strip().split("\n")[0].strip()
+            for i, text in zip(group, texts):
+                batch_answers[i] = text.strip()
         answers.extend(batch_answers)
     if unreadable:
         logger.warning(f"{unreadable} of {len(dataset)} images could not be read; their answers count as wrong.")
@@ -376,8 +497,13 @@ def _metric_inputs(task: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"references": [r["answers"][0] for r in rows]}
 
 
-def score_predictions(dataset: Any, predictions: Sequence[str]) -> dict[str, dict[str, Any]]:
+def score_predictions(
+    dataset: Any, predictions: Sequence[str], scoring: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     """Score `predictions` (one per record) with each record's task metric (:data:`TASK_METRICS`).
+
+    The metrics score as lmms-eval does by default; `scoring` passes options per task, e.g. `{"scienceqa": {"parsing":
+    "lenient"}, "mme": {"parsing": "strict"}, "gqa": {"normalization": "llava"}}`.
 
     Returns `{task: {"score": headline number, "num_questions": n, ...metric outputs}}` for the tasks present; MME's
     headline is perception + cognition, the others are accuracies in %.
@@ -396,7 +522,7 @@ def score_predictions(dataset: Any, predictions: Sequence[str]) -> dict[str, dic
         metric_name, key = TASK_METRICS[task]
         rows = [records[i] for i in index]
         output = load_metric(metric_name).compute(predictions=[predictions[i] for i in index],
-                                                  **_metric_inputs(task, rows))
+                                                  **_metric_inputs(task, rows), **(scoring or {}).get(task, {}))
         results[task] = {"score": float(output[key]), "num_questions": len(index),
                          **{k: v for k, v in output.items() if k != key}}
     return results

@@ -5,7 +5,7 @@ Every loader returns one `datasets.Dataset` layout, :data:`VQA_FEATURES`:
 | column | meaning |
 |---|---|
 | `question_id` | unique id of the question |
-| `image` | `Image(decode=False)`: `{"bytes", "path"}`, decoded (and skipped if bad) by `hive_hf.data.decode_image` |
+| `image` | `Image(decode=False)`: `{"bytes", "path"}`, decoded (and skipped if bad) by `hive_hf.data.decode_image`; None for a text-only question (ScienceQA-FULL has them) |
 | `image_id` | the image the question is about (MME pairs two questions per image) |
 | `question` | the question text (ScienceQA: with its "Context:" hint) |
 | `answers` | reference answers: one (GQA, MME, ScienceQA's correct option) or several (OK-VQA's ten) |
@@ -20,8 +20,10 @@ Adapters read the benchmarks' published files, so a user who has them locally po
   and the image folder (`<imageId>.jpg`).
 - OK-VQA: VQA-v2 style `OpenEnded_mscoco_val2014_questions.json` + `mscoco_val2014_annotations.json` (ten answers per
   question) and the COCO image folder (`COCO_val2014_<id:012d>.jpg` or `<id:012d>.jpg`).
-- ScienceQA: `problems.json` keyed by problem id with `question`, `choices`, `answer` (index), `hint`, `image`, `split`;
-  only problems with an image are kept; images at `<image_dir>/<split>/<pid>/image.png` (or `<image_dir>/<pid>/...`).
+- ScienceQA: `problems.json` keyed by problem id with `question`, `choices`, `answer` (index), `hint`, `image`, `split`,
+  images at `<image_dir>/<split>/<pid>/image.png` (or `<image_dir>/<pid>/...`); or the `lmms-lab/ScienceQA` parquet
+  layout. By default every problem of the split (ScienceQA-FULL, text-only ones included: what lmms-eval's `scienceqa`
+  task, and so the paper, scores); `subset="img"` keeps the problems with an image (ScienceQA-IMG).
 - MME: the `lmms-lab/MME` parquet layout (`question_id` = image path shared by the image's two questions, `image`,
   `question`, `answer` yes/no, `category`).
 - Any other records: local JSON / JSONL or a `datasets` name with `image`, `question`, `answers` (or `answer`),
@@ -29,6 +31,14 @@ Adapters read the benchmarks' published files, so a user who has them locally po
 
 The embedded default, :func:`make_shapes_vqa_dataset`, asks questions about the synthetic shapes of
 `hive_hf.data.make_shapes_dataset` in all four scoring styles, so the whole pipeline runs with no download.
+
+Prompts are lmms-eval's (its tasks' `default` prompt kwargs, which the HIVE authors' evaluation used):
+:func:`task_prompt` adds the benchmark's post-prompt to the question, :func:`user_message` puts `<image>\n` first when
+there is an image, and the LLM's chat template wraps it as the user turn.
+
+Conversation data for fine-tuning (:data:`CONVERSATION_FEATURES`: `id`, `image`, `messages` with `role`/`content`
+turns) comes from LLaVA-style JSON (`conversations` with `from`/`value` turns) or any dataset with a `messages` column
+(:func:`load_conversations`); VQA records become one-question conversations with :func:`vqa_conversations`.
 """
 
 from __future__ import annotations
@@ -52,13 +62,15 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "BENCHMARKS",
-    "DEFAULT_PROMPT_TEMPLATE",
-    "MULTIPLE_CHOICE_INSTRUCTION",
+    "CONVERSATION_FEATURES",
+    "IMAGE_TOKEN",
     "OPTION_LETTERS",
+    "POST_PROMPTS",
+    "SCIENCEQA_SUBSETS",
     "TASK_METRICS",
+    "TRAIN_SOURCES",
     "VQA_FEATURES",
-    "build_prompt",
-    "format_question",
+    "load_conversations",
     "load_gqa",
     "load_mme",
     "load_okvqa",
@@ -66,8 +78,12 @@ __all__ = [
     "load_vqa_benchmark",
     "load_vqa_records",
     "make_shapes_vqa_dataset",
+    "task_prompt",
     "training_answer",
     "training_texts",
+    "user_message",
+    "vqa_conversations",
+    "write_shapes_conversations",
 ]
 
 VQA_FEATURES = datasets.Features({
@@ -90,28 +106,49 @@ TASK_METRICS: dict[str, tuple[str, str]] = {
     "scienceqa": ("scienceqa_accuracy", "scienceqa_accuracy"),
 }
 BENCHMARKS = ("shapes", "gqa", "okvqa", "scienceqa", "mme", "records")
+# What a VLM can train on: any benchmark layout, or conversations (`load_conversations`).
+TRAIN_SOURCES = (*BENCHMARKS, "conversations")
+SCIENCEQA_SUBSETS = ("full", "img")
 
-# LLaVA's chat-free short-answer format; the image token is expanded to one token per patch by the processor.
-DEFAULT_PROMPT_TEMPLATE = "<image>\nQuestion: {question}\nAnswer:"
-# LLaVA's ScienceQA instruction (llava/eval/model_vqa_science.py).
-MULTIPLE_CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+IMAGE_TOKEN = "<image>"
 MME_SUFFIX = " Please answer yes or no."
 OPTION_LETTERS = "ABCDEFGHIJ"
+# lmms-eval's post-prompts per task (`lmms_eval/tasks/{mme,gqa,ok_vqa,scienceqa}/*.yaml`, `default` prompt kwargs).
+# `vqa` (soft accuracy) is OK-VQA's: the paper's only benchmark scored that way.
+SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
+POST_PROMPTS: dict[str, str] = {
+    "mme": SHORT_ANSWER_PROMPT,
+    "gqa": SHORT_ANSWER_PROMPT,
+    "vqa": "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + SHORT_ANSWER_PROMPT,
+    "scienceqa": "\nAnswer with the option's letter from the given choices directly.",
+}
+
+CONVERSATION_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "image": datasets.Image(decode=False),
+    "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+})
+# LLaVA's `from` names and the chat roles, as chat templates name them.
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 # -- prompts and targets ----------------------------------------------------------------------------------------------
-def format_question(record: dict[str, Any]) -> str:
-    """The question as the model sees it; multiple choice appends `A. ...` lines and the letter instruction."""
+def task_prompt(record: dict[str, Any]) -> str:
+    """The question as lmms-eval asks it: MME without its " Please answer yes or no.", multiple choice with `A. ...`
+    lines (after ScienceQA's "Context:" hint, which the loader puts in the question), then the task's post-prompt."""
+    question = record["question"]
+    if record["task"] == "mme":
+        question = question.strip().replace(MME_SUFFIX, "")
     choices = record.get("choices") or []
-    if not choices:
-        return record["question"]
-    options = "\n".join(f"{OPTION_LETTERS[i]}. {choice}" for i, choice in enumerate(choices))
-    return f"{record['question']}\n{options}\n{MULTIPLE_CHOICE_INSTRUCTION}"
+    if choices:
+        question += "\n" + "\n".join(f"{OPTION_LETTERS[i]}. {choice}" for i, choice in enumerate(choices))
+    return question + POST_PROMPTS[record["task"]]
 
 
-def build_prompt(record: dict[str, Any], template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
-    """`template` filled with :func:`format_question`; it must hold one `{question}` and one image token."""
-    return template.format(question=format_question(record))
+def user_message(record: dict[str, Any], image_token: str = IMAGE_TOKEN) -> str:
+    """The user turn: `<image>\n` and :func:`task_prompt`, or the prompt alone for a text-only question."""
+    prompt = task_prompt(record)
+    return prompt if record.get("image") is None else f"{image_token}\n{prompt}"
 
 
 def training_answer(record: dict[str, Any]) -> str:
@@ -126,12 +163,29 @@ def training_answer(record: dict[str, Any]) -> str:
     return max(answers, key=lambda a: (counts[a], -answers.index(a)))
 
 
-def training_texts(dataset: datasets.Dataset, template: str = DEFAULT_PROMPT_TEMPLATE,
-                   image_token: str = "<image>") -> list[str]:
-    """`prompt answer` for every record, without the image token: the text a word-level tokenizer for a tiny LLM
+def vqa_conversations(dataset: datasets.Dataset, image_token: str = IMAGE_TOKEN) -> datasets.Dataset:
+    """VQA records (:data:`VQA_FEATURES`) as one-question conversations (:data:`CONVERSATION_FEATURES`): the user asks
+    :func:`user_message`, the assistant answers :func:`training_answer`."""
+
+    def convert(record: dict[str, Any]) -> dict[str, Any]:
+        return {"id": record["question_id"], "image": record["image"], "messages": [
+            {"role": "user", "content": user_message(record, image_token)},
+            {"role": "assistant", "content": training_answer(record)},
+        ]}
+
+    return dataset.map(convert, remove_columns=dataset.column_names, features=CONVERSATION_FEATURES)
+
+
+def training_texts(dataset: datasets.Dataset, image_token: str = IMAGE_TOKEN) -> list[str]:
+    """The text of every training example without the image token (VQA records: prompt and answer; conversations:
+    every turn), and the benchmarks' post-prompts: what a word-level tokenizer for a tiny LLM
     (`hive_hf.tiny_backbones.write_tiny_backbones`) is built and pre-trained on."""
-    return [f"{build_prompt(r, template).replace(image_token, ' ').strip()} {training_answer(r)}"
-            for r in dataset.remove_columns("image")]
+    rows = dataset.remove_columns("image")
+    if "messages" in rows.column_names:
+        texts = [" ".join(turn["content"] for turn in row["messages"]) for row in rows]
+    else:
+        texts = [f"{task_prompt(r)} {training_answer(r)}" for r in rows]
+    return [text.replace(image_token, " ").strip() for text in texts] + list(dict.fromkeys(POST_PROMPTS.values()))
 
 
 # -- building the dataset ---------------------------------------------------------------------------------------------
@@ -259,6 +313,32 @@ def make_shapes_vqa_dataset(
     return _to_dataset(records, "the synthetic shapes")
 
 
+def write_shapes_conversations(folder: str | os.PathLike, num_images: int = 1000, image_size: int = 32, seed: int = 0,
+                               split: str = "train") -> Path:
+    """Write the shapes VQA (:func:`make_shapes_vqa_dataset`) as LLaVA fine-tuning data: `folder/images/<id>.png` and
+    `folder/conversations.json`, one multi-turn conversation per picture, `from`/`value` turns: its five questions in
+    a random order (seeded; so that a turn's position does not give its kind away), the first with `<image>`, as in
+    LLaVA-1.5's mixture. Returns the JSON file's path."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    questions = make_shapes_vqa_dataset(num_images, image_size=image_size, seed=seed, split=split)
+    by_picture: dict[str, list[dict[str, Any]]] = {}
+    for record in questions:
+        by_picture.setdefault(record["image_id"], []).append(record)
+    conversations = []
+    for i, (image_id, records) in enumerate(by_picture.items()):
+        (folder / "images" / f"{image_id}.png").write_bytes(records[0]["image"]["bytes"])
+        order = np.random.default_rng([seed, i, 2]).permutation(len(records))
+        turns = []
+        for k, j in enumerate(order):
+            asked = user_message(records[j]) if k == 0 else task_prompt(records[j])
+            turns += [{"from": "human", "value": asked}, {"from": "gpt", "value": training_answer(records[j])}]
+        conversations.append({"id": image_id, "image": f"{image_id}.png", "conversations": turns})
+    path = folder / "conversations.json"
+    path.write_text(json.dumps(conversations, indent=1))
+    return path
+
+
 # -- published benchmark layouts --------------------------------------------------------------------------------------
 def load_gqa(questions_file: str | os.PathLike, image_dir: str | os.PathLike) -> datasets.Dataset:
     """GQA: `{question_id: {"imageId", "question", "answer", ...}}` and `<image_dir>/<imageId>.jpg`; exact match."""
@@ -310,36 +390,70 @@ def load_okvqa(
     return _to_dataset(records, str(questions_file))
 
 
+def _scienceqa_question(hint: str | None, question: str) -> str:
+    # lmms-eval's `sqa_doc_to_text`: a "Context:" line only for a non-empty hint
+    return f"Context: {hint}\n{question}" if hint else question
+
+
 def load_scienceqa(
-    problems_file: str | os.PathLike, image_dir: str | os.PathLike, split: str = "test"
+    source: str | os.PathLike, image_dir: str | os.PathLike | None = None, split: str = "test", subset: str = "full"
 ) -> datasets.Dataset:
-    """ScienceQA `problems.json`: the problems of `split` that have an image (the IMG subset the VLM papers report),
-    with the hint as "Context:" (LLaVA's format); multiple choice scored by option letter."""
+    """ScienceQA: `problems.json` (with `image_dir`) or the `lmms-lab/ScienceQA` parquet layout (files, a folder of
+    them, or the dataset id), multiple choice scored by option letter, the hint as "Context:" (lmms-eval's format).
+
+    `subset="full"` (the default) keeps every problem of `split`, text-only ones included (ScienceQA-FULL: what
+    lmms-eval's `scienceqa` task scores, and so the paper's number); `"img"` only those with an image
+    (ScienceQA-IMG, lmms-eval's `scienceqa_img`, what LLaVA papers usually report)."""
+    if subset not in SCIENCEQA_SUBSETS:
+        raise ValueError(f"--scienceqa_subset must be one of {SCIENCEQA_SUBSETS}, got {subset!r}.")
+    if str(source).endswith(".json"):
+        if image_dir is None:
+            raise ValueError("ScienceQA's problems.json needs --image_dir (the folder holding its images).")
+        return _scienceqa_problems(source, image_dir, split, subset)
+    name = {"full": "ScienceQA-FULL", "img": "ScienceQA-IMG"}[subset]  # the Hub dataset's configurations
+    table = _load_parquet_or_dataset(str(source), split, name=name)
+    missing = {"image", "question", "choices", "answer", "hint"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"ScienceQA source {source!r} lacks columns {sorted(missing)} (expected problems.json or the "
+                         "lmms-lab/ScienceQA layout).")
+    table = table.cast_column("image", datasets.Image(decode=False))
+    records = [
+        _record(f"{split}-{i}", row["image"], _scienceqa_question(row["hint"], row["question"]),
+                [row["choices"][row["answer"]]], image_id=f"{split}-{i}", choices=row["choices"],
+                answer_index=row["answer"], task="scienceqa")
+        for i, row in enumerate(table) if subset == "full" or row["image"] is not None
+    ]
+    return _to_dataset(records, f"{source} ({subset} subset)")
+
+
+def _scienceqa_problems(problems_file: str | os.PathLike, image_dir: str | os.PathLike, split: str, subset: str
+                        ) -> datasets.Dataset:
     problems = _read_json(problems_file, "--questions_file")
     if not isinstance(problems, dict):
         raise ValueError(f"ScienceQA problems file {problems_file} must map problem ids to problems.")
     records, paths = [], []
     for pid, p in problems.items():
-        if p.get("split", split) != split or not p.get("image"):
+        if p.get("split", split) != split or (subset == "img" and not p.get("image")):
             continue
-        candidates = [os.path.join(image_dir, split, pid, p["image"]), os.path.join(image_dir, pid, p["image"])]
-        path = next((c for c in candidates if os.path.isfile(c)), candidates[0])
-        paths.append(path)
-        hint = (p.get("hint") or "").strip()
-        question = f"Context: {hint}\n{p['question']}" if hint else p["question"]
-        records.append(_record(pid, path, question, [p["choices"][p["answer"]]], image_id=pid,
-                               choices=p["choices"], answer_index=p["answer"], task="scienceqa"))
+        path = None
+        if p.get("image"):
+            candidates = [os.path.join(image_dir, split, pid, p["image"]), os.path.join(image_dir, pid, p["image"])]
+            path = next((c for c in candidates if os.path.isfile(c)), candidates[0])
+            paths.append(path)
+        records.append(_record(pid, path, _scienceqa_question(p.get("hint"), p["question"]),
+                               [p["choices"][p["answer"]]], image_id=pid, choices=p["choices"],
+                               answer_index=p["answer"], task="scienceqa"))
     _check_images_exist(paths, "--image_dir")
-    return _to_dataset(records, f"{problems_file} (split {split!r}, problems with an image)")
+    return _to_dataset(records, f"{problems_file} (split {split!r}, {subset} subset)")
 
 
-def _load_parquet_or_dataset(source: str, split: str) -> datasets.Dataset:
+def _load_parquet_or_dataset(source: str, split: str, name: str | None = None) -> datasets.Dataset:
     if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "dataset_info.json")):
         files = sorted(glob.glob(os.path.join(source, "**", "*.parquet"), recursive=True))
     elif source.endswith(".parquet") or any(c in source for c in "*?["):  # a file or a glob of them
         files = sorted(glob.glob(source))
     else:
-        return datasets.load_dataset(source, split=split)  # a Hub id (lmms-lab/MME) or a datasets folder
+        return datasets.load_dataset(source, name, split=split)  # a Hub id (lmms-lab/MME) or a datasets folder
     if not files:
         raise FileNotFoundError(f"No parquet file found at {source!r}.")
     return datasets.load_dataset("parquet", data_files=files, split="train")
@@ -422,6 +536,96 @@ def load_vqa_records(source: str, image_dir: str | os.PathLike | None = None, sp
     return _to_dataset(records, source)
 
 
+# -- conversations ----------------------------------------------------------------------------------------------------
+def _turn_text(content: Any, image_token: str) -> str:
+    """A turn's text: a string, or a list of typed parts (`{"type": "image"}`, `{"type": "text", "text": ...}`)."""
+    if isinstance(content, str):
+        return content
+    parts = [image_token if part.get("type") == "image" else part.get("text", "") for part in content or []]
+    return "\n".join(parts)
+
+
+def _conversation_turns(row: dict[str, Any], has_image: bool, row_id: str, image_token: str) -> list[dict[str, str]]:
+    """The `role`/`content` turns of a LLaVA (`conversations`: `from`/`value`) or chat (`messages`) row, with the image
+    token where LLaVA puts it: at the start of the user turn holding it (of the first user turn if none does)."""
+    raw = row.get("conversations") if row.get("conversations") is not None else row.get("messages")
+    if not raw:
+        raise ValueError(f"Conversation {row_id!r} has no `conversations` (LLaVA: from/value turns) or `messages` "
+                         "(role/content turns).")
+    turns = []
+    for turn in raw:
+        role = turn.get("from", turn.get("role"))
+        if role not in _ROLES:
+            raise ValueError(f"Conversation {row_id!r}: unknown speaker {role!r}; use one of {sorted(_ROLES)}.")
+        turns.append({"role": _ROLES[role], "content": _turn_text(turn.get("value", turn.get("content")), image_token)})
+    spoken = [t["role"] for t in turns if t["role"] != "system"]
+    if not spoken or spoken[0] != "user" or "assistant" not in spoken:
+        raise ValueError(f"Conversation {row_id!r} must start with a user turn and hold an assistant turn to learn "
+                         f"from; its speakers are {spoken}.")
+    holding = [i for i, t in enumerate(turns) if image_token in t["content"]]
+    count = sum(t["content"].count(image_token) for t in turns)
+    if count > 1 or (count and not has_image):
+        raise ValueError(f"Conversation {row_id!r} holds {count} {image_token} placeholders for "
+                         f"{int(has_image)} image; LLaVA fine-tuning takes at most one image per conversation.")
+    if has_image:
+        index = holding[0] if holding else next(i for i, t in enumerate(turns) if t["role"] == "user")
+        if turns[index]["role"] != "user":
+            raise ValueError(f"Conversation {row_id!r}: the image placeholder is in a {turns[index]['role']} turn; "
+                             "it belongs to a user turn.")
+        text = turns[index]["content"].replace(image_token, "").strip()
+        turns[index]["content"] = f"{image_token}\n{text}"
+    return turns
+
+
+def _conversation_image(row: dict[str, Any], image_dir: str | os.PathLike | None, row_id: str) -> Any:
+    image = row.get("image", row.get("images"))
+    if isinstance(image, (list, tuple)):
+        if len(image) > 1:
+            raise ValueError(f"Conversation {row_id!r} has {len(image)} images; LLaVA fine-tuning takes one.")
+        image = image[0] if image else None
+    if isinstance(image, str):
+        return {"bytes": None, "path": os.path.join(image_dir, image) if image_dir is not None else image}
+    return image
+
+
+def load_conversations(source: str, image_dir: str | os.PathLike | None = None, split: str = "train",
+                       image_token: str = IMAGE_TOKEN) -> datasets.Dataset:
+    """Conversations for VLM fine-tuning, in the :data:`CONVERSATION_FEATURES` layout.
+
+    `source` is a LLaVA-style JSON / JSONL file (a list of `{"id", "image", "conversations": [{"from": "human" |
+    "gpt" | "system", "value"}, ...]}`, image paths relative to `image_dir`), or a `datasets` source with a `messages`
+    column (`{"role", "content"}` turns, content a string or a list of `{"type": "image" | "text"}` parts) and an
+    `image` or `images` column. A row without an image is a text-only conversation. One `<image>` per conversation at
+    most; without one, it goes before the first user turn's text, as LLaVA does.
+    """
+    if os.path.isfile(source):
+        rows = _read_json(source, "--train_questions_file")
+        if not isinstance(rows, list):
+            raise ValueError(f"{source} must hold a list of conversations (LLaVA's format).")
+    else:
+        table = datasets.load_dataset(source, split=split)
+        for column in ("image", "images"):
+            feature = table.features.get(column)
+            if isinstance(feature, datasets.Image):
+                table = table.cast_column(column, datasets.Image(decode=False))
+            elif isinstance(getattr(feature, "feature", None), datasets.Image):
+                table = table.cast_column(column, datasets.List(datasets.Image(decode=False)))
+        rows = list(table)
+    records, paths = [], []
+    for i, row in enumerate(rows):
+        row_id = str(row.get("id", i))
+        image = _conversation_image(row, image_dir, row_id)
+        if isinstance(image, dict) and image.get("bytes") is None and image.get("path"):
+            paths.append(image["path"])
+        messages = _conversation_turns(row, image is not None, row_id, image_token)
+        records.append({"id": row_id, "image": image, "messages": messages})
+    _check_images_exist(paths, "--train_image_dir")
+    if not records:
+        raise ValueError(f"{source} holds no conversation.")
+    columns = {name: [r[name] for r in records] for name in CONVERSATION_FEATURES}
+    return datasets.Dataset.from_dict(columns, features=CONVERSATION_FEATURES)
+
+
 def load_vqa_benchmark(
     benchmark: str,
     questions_file: str | None = None,
@@ -431,16 +635,18 @@ def load_vqa_benchmark(
     num_images: int = 400,
     image_size: int = 32,
     seed: int = 0,
+    scienceqa_subset: str = "full",
 ) -> datasets.Dataset:
     """One of :data:`BENCHMARKS` in the :data:`VQA_FEATURES` layout. `shapes` is generated (`num_images`,
-    `image_size`, `seed`, `split`); the others read `questions_file` (MME: its parquet source) and the files beside."""
+    `image_size`, `seed`, `split`); the others read `questions_file` (MME and ScienceQA: also their lmms-lab parquet
+    source) and the files beside; ScienceQA keeps `scienceqa_subset` ("full" or "img")."""
     if benchmark not in BENCHMARKS:
         raise ValueError(f"--benchmark must be one of {BENCHMARKS}, got {benchmark!r}.")
     if benchmark == "shapes":
         return make_shapes_vqa_dataset(num_images, image_size=image_size, seed=seed, split=split or "validation")
     if questions_file is None:
         raise ValueError(f"--benchmark {benchmark} reads --questions_file; give its path.")
-    needs_images = benchmark in ("gqa", "okvqa", "scienceqa")
+    needs_images = benchmark in ("gqa", "okvqa") or (benchmark == "scienceqa" and questions_file.endswith(".json"))
     if needs_images and image_dir is None:
         raise ValueError(f"--benchmark {benchmark} needs --image_dir (the folder holding its images).")
     if benchmark == "okvqa" and annotations_file is None:
@@ -450,7 +656,7 @@ def load_vqa_benchmark(
     if benchmark == "okvqa":
         return load_okvqa(questions_file, annotations_file, image_dir)
     if benchmark == "scienceqa":
-        return load_scienceqa(questions_file, image_dir, split=split or "test")
+        return load_scienceqa(questions_file, image_dir, split=split or "test", subset=scienceqa_subset)
     if benchmark == "mme":
         return load_mme(questions_file, split=split or "test")
     return load_vqa_records(questions_file, image_dir=image_dir, split=split or "train")

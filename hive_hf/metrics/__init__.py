@@ -8,9 +8,9 @@ name                   definition                                               
 =====================  =================================================================  ==========================
 ``accuracy``           classification accuracy (fraction, like ``evaluate``'s accuracy)   ``accuracy``
 ``vqa_accuracy``       VQAv2 / OK-VQA leave-one-out soft accuracy, official normalisation ``vqa_accuracy`` (%)
-``gqa_accuracy``       exact match after normalisation                                    ``gqa_accuracy`` (%)
-``scienceqa_accuracy`` option letter or option text matches the correct choice             ``scienceqa_accuracy`` (%)
-``mme_score``          MME acc + acc+ per subtask, perception / cognition / total          subtasks, ``total`` ...
+``gqa_accuracy``       exact match after lmms-eval's normalisation (case, punctuation)    ``gqa_accuracy`` (%)
+``scienceqa_accuracy`` the option letter, parsed as lmms-eval does (or ``"lenient"``)      ``scienceqa_accuracy`` (%)
+``mme_score``          MME acc + acc+ per subtask (official answer parsing), totals        subtasks, ``total`` ...
 =====================  =================================================================  ==========================
 
 Every metric raises a ``ValueError`` on an empty input list (an empty evaluation has no meaningful score).

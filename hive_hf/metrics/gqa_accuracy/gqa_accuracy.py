@@ -5,16 +5,20 @@ https://cs.stanford.edu/people/dorarad/gqa/evaluate.html): a question is answere
 answer equals the single ground-truth answer; accuracy is the percentage of correct questions.
 
 The official script compares raw strings because it expects one of GQA's closed-vocabulary answers. Generative
-models answer in free text ("Yes.", "The cat"), so, like the usual VLM evaluation harnesses, both sides are first
-normalised by :func:`normalize_text`:
+models answer in free text ("Yes.", "The cat"), so the evaluation harnesses normalise first. ``normalization``
+names how:
 
-* lower-case and strip surrounding whitespace;
-* strip trailing punctuation (``. , ! ? ; : ' "``) -- and surrounding whitespace -- repeatedly;
-* remove the articles ``a``, ``an``, ``the`` as whole words;
-* collapse runs of whitespace into a single space.
+* ``"lmms_eval"`` (the default): lmms-eval's ``gqa`` task, which the HIVE authors ran (its ``exact_match`` with
+  ``ignore_case`` and ``ignore_punctuation``): the prediction is stripped of surrounding whitespace, then both sides
+  are lower-cased and every ``string.punctuation`` character is deleted wherever it is (``"t-shirt"`` ->
+  ``"tshirt"``, ``"Yes."`` -> ``"yes"``). No article removal, no whitespace collapsing.
+* ``"llava"``: the LLaVA-1.5 pipeline (``scripts/convert_gqa_for_eval.py`` then GQA's ``eval.py``): the stripped
+  prediction loses its trailing periods (``rstrip(".")``) and is lower-cased; the reference is compared raw.
+* ``"lenient"``: :func:`normalize_text` on both sides: lower-case, strip, strip trailing punctuation
+  (``. , ! ? ; : ' "``) repeatedly, remove the articles ``a``, ``an``, ``the`` as whole words, collapse whitespace.
 
-Edge cases: an empty (or articles/punctuation-only) prediction is always wrong; a reference that
-normalises to the empty string, and an empty input list, raise a ``ValueError`` rather than produce a score.
+Edge cases: an empty prediction is always wrong; a reference that normalises to the empty string, and an empty input
+list, raise a ``ValueError`` rather than produce a score. lmms-eval reports a fraction; this metric a percentage.
 
 The script is self-contained (only the standard library, ``datasets`` and ``evaluate``) because ``evaluate.load``
 copies this single file into its module cache. :func:`normalize_text` is duplicated verbatim in
@@ -24,20 +28,24 @@ copies this single file into its module cache. :func:`normalize_text` is duplica
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import string
+from collections.abc import Callable, Sequence
 
 import datasets
 import evaluate
 
 _DESCRIPTION = """
-GQA accuracy: exact match between the predicted answer and the ground-truth answer after light normalisation
-(lower-case, strip, strip trailing punctuation, remove articles, collapse whitespace). Returned as a percentage.
+GQA accuracy: exact match between the predicted answer and the ground-truth answer after normalisation (by default
+lmms-eval's: lower-case, delete punctuation). Returned as a percentage.
 """
 
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list` of `str`): one predicted answer per question; pass "" for a failed generation (wrong).
     references (`list` of `str`): the ground-truth answer of each question.
+    normalization (`str`, defaults to `"lmms_eval"`): `"lmms_eval"` (lower-case, delete all punctuation),
+        `"llava"` (prediction: strip, trailing periods off, lower-case; reference raw) or `"lenient"` (lower-case,
+        trailing punctuation and articles off, whitespace collapsed).
     return_per_question (`bool`, defaults to `False`): also return a 0/1 correctness flag per question.
 
 Returns:
@@ -49,7 +57,7 @@ Raises:
 
 Examples:
     >>> gqa = evaluate.load(metric_path("gqa_accuracy"))
-    >>> gqa.compute(predictions=["The table.", "left"], references=["table", "right"])
+    >>> gqa.compute(predictions=["Table.", "left"], references=["table", "right"])
     {'gqa_accuracy': 50.0}
 """
 
@@ -65,6 +73,7 @@ _CITATION = """
 _TRAILING_PUNCTUATION = ".,!?;:'\""
 _ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
 _WHITESPACE_RE = re.compile(r"\s+")
+_PUNCTUATION_TABLE = str.maketrans("", "", string.punctuation)
 
 
 def normalize_text(text: str | None) -> str:
@@ -78,6 +87,18 @@ def normalize_text(text: str | None) -> str:
         text = text.rstrip(_TRAILING_PUNCTUATION).rstrip()
     text = _ARTICLES_RE.sub(" ", text)
     return _WHITESPACE_RE.sub(" ", text).strip()
+
+
+def _lmms_eval(text: str) -> str:
+    return text.lower().translate(_PUNCTUATION_TABLE)
+
+
+# normalization -> (prediction normaliser, reference normaliser)
+NORMALIZATIONS: dict[str, tuple[Callable[[str], str], Callable[[str], str]]] = {
+    "lmms_eval": (lambda p: _lmms_eval(p.strip()), _lmms_eval),
+    "llava": (lambda p: p.strip().rstrip(".").lower(), lambda r: r),
+    "lenient": (normalize_text, normalize_text),
+}
 
 
 def _check_inputs(metric: str, **columns: Sequence) -> int:
@@ -113,18 +134,24 @@ class GqaAccuracy(evaluate.Metric):
         self,
         predictions: Sequence[str | None],
         references: Sequence[str],
+        normalization: str = "lmms_eval",
         return_per_question: bool = False,
     ) -> dict[str, float | list[int]]:
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"gqa_accuracy: `normalization` must be one of {tuple(NORMALIZATIONS)}, got {normalization!r}."
+            )
+        normalize_prediction, normalize_reference = NORMALIZATIONS[normalization]
         n = _check_inputs("gqa_accuracy", predictions=predictions, references=references)
         flags = []
         for i, (prediction, reference) in enumerate(zip(predictions, references)):
-            gold = normalize_text(reference)
+            gold = normalize_reference(reference)
             if not gold:
                 raise ValueError(
                     f"gqa_accuracy: reference {i} ({reference!r}) is empty after normalisation; every question "
                     "needs a non-empty ground-truth answer."
                 )
-            flags.append(int(normalize_text(prediction) == gold))
+            flags.append(int(normalize_prediction(prediction or "") == gold))
         result: dict[str, float | list[int]] = {"gqa_accuracy": 100.0 * sum(flags) / n}
         if return_per_question:
             result["gqa_accuracy_per_question"] = flags

@@ -13,11 +13,12 @@ scene, landmark, artwork, OCR; maximum 2000), ``cognition`` the sum over the fou
 (commonsense_reasoning, numerical_calculation, text_translation, code_reasoning; maximum 800), and ``total`` =
 perception + cognition. Subtasks absent from the input contribute 0 to the sums and are not reported.
 
-Prediction parsing: the prediction is lower-cased and must *start* with the word ``yes`` or ``no`` (after leading
-whitespace/quotes/brackets), e.g. ``"Yes."``, ``"yes, it is"``, ``"NO"``, ``"No, there is not."``; anything else
-(``"I think so"``, ``"not sure"``, ``"None"``, ``""``) is "other" and counts as wrong. This is stricter than the
-official ``parse_pred_ans``, which looks for the *substring* ``yes``/``no`` in the first four characters (so
-``"not sure"`` and ``"none"`` become "no" there); pass ``official_parsing=True`` to use that rule verbatim.
+Prediction parsing (``parsing``). ``"official"`` (the default) is ``parse_pred_ans`` of the official tool, which
+lmms-eval's ``mme`` task (the authors' evaluation) runs verbatim: lower-case, strip and delete every ``.``; then an
+exact ``yes``/``no``; a single character ``y``/``n``; else the substring ``yes`` (then ``no``) in the first four
+characters (so ``"not sure"``, ``"none"`` and ``"nope"`` are "no"); anything else is "other" and counts as wrong.
+``"strict"`` needs the answer to *start* with the word ``yes`` or ``no`` (after leading whitespace/quotes/brackets),
+e.g. ``"Yes."``, ``"yes, it is"``, ``"No, there is not."``; ``"not sure"``, ``"None"`` and ``"y"`` are "other".
 
 Grouping: questions are grouped by ``(category, image_id)``. MME has exactly two questions per image and the official
 tool asserts it, so a group of any other size raises a ``ValueError`` unless ``require_pairs=False`` (then ``acc+``
@@ -49,14 +50,15 @@ MME score: per subtask, acc (% of questions correct) + acc+ (% of images with bo
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (`list` of `str`): model answers, parsed to yes/no from the start of the answer ("" = wrong).
+    predictions (`list` of `str`): model answers, parsed to yes/no (see `parsing`; "" = wrong).
     references (`list` of `str`): ground truth, "Yes" or "No" (case-insensitive).
     image_ids (`list` of `str`): identifier of the image each question is about; the two questions of an image share
         it. `question_ids=` is accepted as an alias (lmms-lab/MME's `question_id` column is the image path).
     categories (`list` of `str`): MME subtask of each question, e.g. "existence", "OCR", "commonsense reasoning"
         (case-insensitive; spaces, hyphens and underscores are interchangeable).
-    official_parsing (`bool`, defaults to `False`): use the official tool's answer parsing ("yes"/"no" as a substring
-        of the first 4 characters) instead of the stricter start-of-answer word match.
+    parsing (`str`, defaults to `"official"`): `"official"`, the official tool's `parse_pred_ans` (as lmms-eval runs
+        it: "yes"/"no" exactly, "y"/"n", else as a substring of the first 4 characters), or `"strict"` (the answer
+        must start with the word yes or no).
     require_pairs (`bool`, defaults to `True`): raise unless every (category, image) has exactly 2 questions.
     return_details (`bool`, defaults to `False`): also return `details`, a dict per subtask with `acc`, `acc_plus`,
         `score`, `num_questions`, `num_images` and `num_other` (unparseable predictions).
@@ -104,6 +106,7 @@ _SEPARATORS_RE = re.compile(r"[\s\-_]+")
 _YES_NO_RE = re.compile(r"^[\s\"'`*([{]*(yes|no)\b")
 
 YES, NO, OTHER = "yes", "no", "other"
+PARSINGS: tuple[str, ...] = ("official", "strict")
 
 
 def canonical_subtask(name: str) -> str:
@@ -118,25 +121,29 @@ def canonical_subtask(name: str) -> str:
         ) from None
 
 
-def parse_answer(text: str | None, official: bool = False) -> str:
+def parse_answer(text: str | None, parsing: str = "official") -> str:
     """Map a free-form answer to ``"yes"``, ``"no"`` or ``"other"``.
 
-    By default the answer must start with the word yes/no. With ``official=True`` this is ``parse_pred_ans`` of the
-    official MME tool: an exact "yes"/"no", else "yes" (then "no") as a substring of the first four characters.
+    ``parsing="official"`` is ``parse_pred_ans`` of the official MME tool (and of lmms-eval's ``mme`` task);
+    ``"strict"`` needs the answer to start with the word yes or no.
     """
+    if parsing not in PARSINGS:
+        raise ValueError(f"mme_score: `parsing` must be one of {PARSINGS}, got {parsing!r}.")
     if text is None:
         return OTHER
-    text = text.lower()
-    if official:
+    if parsing == "official":
+        text = text.lower().strip().replace(".", "")
         if text in (YES, NO):
             return text
+        if len(text) == 1:
+            return {"y": YES, "n": NO}.get(text, OTHER)
         prefix = text[:4]
         if YES in prefix:
             return YES
         if NO in prefix:
             return NO
         return OTHER
-    match = _YES_NO_RE.match(text)
+    match = _YES_NO_RE.match(text.lower())
     return match.group(1) if match else OTHER
 
 
@@ -213,10 +220,12 @@ class MmeScore(evaluate.Metric):
         references: Sequence[str],
         image_ids: Sequence[str],
         categories: Sequence[str],
-        official_parsing: bool = False,
+        parsing: str = "official",
         require_pairs: bool = True,
         return_details: bool = False,
     ) -> dict[str, Any]:
+        if parsing not in PARSINGS:
+            raise ValueError(f"mme_score: `parsing` must be one of {PARSINGS}, got {parsing!r}.")
         _check_inputs(
             "mme_score", predictions=predictions, references=references, image_ids=image_ids, categories=categories
         )
@@ -229,7 +238,7 @@ class MmeScore(evaluate.Metric):
                 raise ValueError(f"mme_score: image id of question {i} is missing.")
             subtask = canonical_subtask(category)
             groups[subtask][image_id].append(
-                (parse_answer(prediction, official=official_parsing), _parse_reference(reference, i))
+                (parse_answer(prediction, parsing), _parse_reference(reference, i))
             )
 
         result: dict[str, Any] = {}

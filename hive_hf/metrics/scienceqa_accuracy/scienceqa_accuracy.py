@@ -1,17 +1,22 @@
 """ScienceQA multiple-choice accuracy as an ``evaluate`` metric.
 
 Official definition (Lu et al., 2022, https://scienceqa.github.io): the percentage of questions whose predicted
-option is the correct one. Generative models answer with an option letter in many formats, so the prediction is
-parsed, extending the rule of the LLaVA ScienceQA evaluation (``llava/eval/eval_science_qa.py``, which accepts
-``"B"``, ``"B. ..."`` and ``"The answer is B."``):
+option is the correct one. ``parsing`` names how a generated answer is read:
 
-A prediction is **correct** when (1) the option letter parsed from it maps to the correct choice index, **or**
-(2) its normalised text -- or the text after an "answer is" / "answer:" phrase -- equals the correct option's
-normalised text. The two tests are OR-ed as specified, so a self-contradictory answer (the letter of one option
-with the text of another) is counted correct if either part is right.
+``"strict"`` (the default) is lmms-eval's ``scienceqa`` task (``sqa_process_results``), which the HIVE authors ran:
+after stripping surrounding whitespace, a prediction is correct when it *is* the correct option letter (``"B"``), or
+starts with an upper-case letter followed by a period and that letter is the correct one (``"B. a mammal"``).
+Everything else is wrong: ``"b"``, ``"(B)"``, ``"B)"``, ``"The answer is B."``, the option text.
 
-Letter formats recognised (``_parse_letter``), letters map ``A`` -> 0, ``B`` -> 1, ...; a letter beyond the number of
-choices is ignored:
+``"lenient"`` extends the rule of the LLaVA ScienceQA evaluation (``llava/eval/eval_science_qa.py``, which accepts
+``"B"``, ``"B. ..."`` and ``"The answer is B."``): a prediction is **correct** when (1) the option letter parsed
+from it maps to the correct choice index, **or** (2) its normalised text -- or the text after an "answer is" /
+"answer:" phrase -- equals the correct option's normalised text. The two tests are OR-ed as specified, so a
+self-contradictory answer (the letter of one option with the text of another) is counted correct if either part is
+right.
+
+Letter formats recognised by ``"lenient"`` (``_parse_letter``), letters map ``A`` -> 0, ``B`` -> 1, ...; a letter
+beyond the number of choices is ignored:
 
 * the whole answer is one letter, optionally bracketed and/or followed by ``. : ,`` -- case-insensitive:
   ``"B"``, ``"b"``, ``"(B)"``, ``"[b]"``, ``"B."``, ``"B)"``;
@@ -41,8 +46,9 @@ import datasets
 import evaluate
 
 _DESCRIPTION = """
-ScienceQA accuracy: percentage of multiple-choice questions answered correctly. The prediction may be an option
-letter ("B", "(B)", "B.", "The answer is B.") or the option text; `choices` (the option texts) is a required input.
+ScienceQA accuracy: percentage of multiple-choice questions answered correctly. By default (lmms-eval's parsing) the
+prediction must be the option letter ("B", or "B. ..."); `parsing="lenient"` also accepts "(B)", "The answer is B."
+and the option text. `choices` (the option texts) is a required input.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -50,6 +56,8 @@ Args:
     predictions (`list` of `str`): model outputs, one per question; pass "" for a failed generation (wrong).
     references (`list` of `int`): index of the correct option in `choices` (0 = "A").
     choices (`list` of `list` of `str`): the option texts of each question, in the order the letters were assigned.
+    parsing (`str`, defaults to `"strict"`): `"strict"` (lmms-eval: the letter, or a letter and a period first) or
+        `"lenient"` (letters in many formats, or the option text).
     return_per_question (`bool`, defaults to `False`): also return a 0/1 correctness flag per question.
 
 Returns:
@@ -61,10 +69,13 @@ Raises:
 
 Examples:
     >>> sqa = evaluate.load(metric_path("scienceqa_accuracy"))
+    >>> sqa.compute(predictions=["B", "A. fish", "b"], references=[1, 0, 1], choices=[["bird", "mammal"]] * 3)
+    {'scienceqa_accuracy': 66.66666666666667}
     >>> sqa.compute(
     ...     predictions=["The answer is B.", "a fish"],
     ...     references=[1, 0],
     ...     choices=[["a bird", "a mammal"], ["fish", "frog"]],
+    ...     parsing="lenient",
     ... )
     {'scienceqa_accuracy': 100.0}
 """
@@ -80,6 +91,7 @@ _CITATION = """
 """
 
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+PARSINGS: tuple[str, ...] = ("strict", "lenient")
 
 _TRAILING_PUNCTUATION = ".,!?;:'\""
 _ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
@@ -127,8 +139,17 @@ def _parse_letter(prediction: str) -> str | None:
     return None
 
 
+def is_correct_strict(prediction: str | None, reference: int) -> bool:
+    """lmms-eval's ``sqa_process_results``: the stripped prediction is the letter, or a letter and a period first."""
+    prediction = (prediction or "").strip()
+    target = OPTION_LETTERS[reference]
+    if prediction == target:
+        return True
+    return len(prediction) >= 2 and prediction[0].isupper() and prediction[1] == "." and prediction[0] == target
+
+
 def is_correct(prediction: str | None, reference: int, choices: Sequence[str]) -> bool:
-    """Whether ``prediction`` selects option ``reference`` of ``choices`` by letter or by text."""
+    """``parsing="lenient"``: whether ``prediction`` selects option ``reference`` of ``choices`` by letter or text."""
     if not prediction or not prediction.strip():
         return False
     letter = _parse_letter(prediction)
@@ -158,7 +179,7 @@ def _check_inputs(metric: str, **columns: Sequence) -> int:
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ScienceqaAccuracy(evaluate.Metric):
-    """ScienceQA accuracy with lenient option-letter / option-text parsing."""
+    """ScienceQA accuracy: lmms-eval's strict option-letter parsing, or lenient letter / option-text parsing."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -181,8 +202,11 @@ class ScienceqaAccuracy(evaluate.Metric):
         predictions: Sequence[str | None],
         references: Sequence[int],
         choices: Sequence[Sequence[str]],
+        parsing: str = "strict",
         return_per_question: bool = False,
     ) -> dict[str, float | list[int]]:
+        if parsing not in PARSINGS:
+            raise ValueError(f"scienceqa_accuracy: `parsing` must be one of {PARSINGS}, got {parsing!r}.")
         n = _check_inputs("scienceqa_accuracy", predictions=predictions, references=references, choices=choices)
         flags = []
         for i, (prediction, reference, options) in enumerate(zip(predictions, references, choices)):
@@ -198,7 +222,9 @@ class ScienceqaAccuracy(evaluate.Metric):
                     f"scienceqa_accuracy: reference {reference} of question {i} is not a valid index into its "
                     f"{len(options)} choices; references must be 0-based option indices (0 = 'A')."
                 )
-            flags.append(int(is_correct(prediction, reference, options)))
+            strict = parsing == "strict"
+            flags.append(int(is_correct_strict(prediction, reference) if strict else
+                             is_correct(prediction, reference, options)))
         result: dict[str, float | list[int]] = {"scienceqa_accuracy": 100.0 * sum(flags) / n}
         if return_per_question:
             result["scienceqa_accuracy_per_question"] = flags
