@@ -39,7 +39,7 @@ FULL_CODE = CODE | {"processing_hive.py"}
 # What each push path uploads (the union over its commits): weights as safetensors, records as JSON, no pickle.
 TRAINER_FILES = {".gitattributes", "README.md", "config.json", "generation_config.json", "model.safetensors",
                  "processor_config.json", "tokenizer.json", "tokenizer_config.json", "training_args.json", *FULL_CODE}
-VLM_FILES = TRAINER_FILES - FULL_CODE
+VLM_FILES = (TRAINER_FILES - FULL_CODE) | {"chat_template.jinja"}  # the VLM processor carries its chat template
 RELEASE_FILES = {
     "full": {".gitattributes", "README.md", "all_results.json", "config.json", "generation_config.json",
              "loss_curves.png", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
