@@ -1,154 +1,219 @@
 #!/usr/bin/env python
-"""A small-scale reproduction of the paper's comparison, on CPU: HIVE (joint) vs the SA baseline (concat) vs base.
+"""A small-scale reproduction of the paper's comparison, on CPU: HIVE (joint) vs the SA baseline (concat) vs base,
+repeated over several pre-training seeds so that a difference can be told from the spread.
 
 One command:
   1. writes one pair of tiny pretrained backbones (a SigLIP tower and a Llama, as in the demo),
-  2. pre-trains that same pair through all three stages twice, with `--fusion joint` and `--fusion concat`
-     (same seeds, steps, data, hyperparameters; `examples/run_pretrain.py` with `examples/configs/demo.json`),
-  3. probes the two pre-trained encoders and the untouched base encoder on the synthetic shapes classification
-     (same splits and seeds; an attentive and a linear probe),
-  4. measures gradient flow into the encoder (HIVE vs concat at the start of stage 3) and draws HIVE's
-     cross-attention maps,
-  5. writes `results.md` / `results.json` and the figures into `--output_dir`.
+  2. for every seed in --pretrain_seeds, pre-trains that same pair through all three stages twice, with
+     `--fusion joint` and `--fusion concat` (same seed, steps, data, hyperparameters; `examples/run_pretrain.py`
+     with `examples/configs/demo.json`),
+  3. probes every pre-trained encoder and the untouched base encoder on the synthetic shapes classification (same
+     splits, same probe seeds, the same encoder layer for all: the HIVE run's deepest tapped layer),
+  4. measures the gradient reaching each encoder layer at the start of stage 3 (HIVE vs SA) over several batches of
+     held-out images, for every seed, and draws HIVE's cross-attention maps (first seed),
+  5. writes `results.md` / `results.json` and the figures into --output_dir, and the summary table to
+     --results_file (committed as `results/reproduce_small.md`; the README quotes it).
 
     python examples/reproduce_small.py --output_dir outputs/reproduce_small
 
-Whatever comes out is reported as it is; the tiny scale is far from the paper's (a 64-wide, 4-layer encoder and
-LLM, 32-px synthetic images).
+Every number is `mean ± std` over pre-training seeds (for `base`, over probe seeds); a HIVE-vs-SA difference is
+called a finding only where it exceeds the sum of the two spreads. The tiny scale is far from the paper's (a 64-wide,
+4-layer encoder and LLM, 32-px synthetic images).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from transformers.utils import logging
-
 ROOT = Path(__file__).resolve().parents[1]
-logger = logging.get_logger("hive_hf.reproduce_small")
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str], threads: int) -> None:
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
-def pretrain(out: Path, fusion: str, backbones: Path, extra: list[str]) -> Path:
-    run_dir = out / fusion
+def pretrain(run_dir: Path, fusion: str, backbones: Path, seed: int, threads: int, extra: list[str]) -> Path:
     _run([sys.executable, str(ROOT / "examples" / "run_pretrain.py"), str(ROOT / "examples" / "configs" / "demo.json"),
           "--tiny_backbones", "False", "--vision_model_name_or_path", str(backbones / "vision"),
           "--text_model_name_or_path", str(backbones / "text"), "--fusion", fusion, "--output_dir", str(run_dir),
-          "--disable_tqdm", "True", *extra])
+          "--seed", str(seed), "--disable_tqdm", "True", *extra], threads)
     return run_dir
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def cell(values: list[float], digits: int = 2) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def compare(name: str, hive: list[float], sa: list[float], higher_is_better: bool, digits: int = 3) -> str:
+    """One sentence: the HIVE-vs-SA difference of `name`, and whether it exceeds the two runs' spreads."""
+    (mh, sh), (ms, ss) = mean_std(hive), mean_std(sa)
+    better = "HIVE" if (mh > ms) == higher_is_better else "SA"
+    verdict = ("exceeds the spread (a finding at this scale)" if abs(mh - ms) > sh + ss
+               else "is within the spread (no finding)")
+    return (f"- {name}: HIVE {mh:.{digits}f} ± {sh:.{digits}f} vs SA {ms:.{digits}f} ± {ss:.{digits}f}; "
+            f"{better} is ahead by {abs(mh - ms):.{digits}f}, which {verdict}.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/reproduce_small")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Probe seeds.")
-    parser.add_argument("--seed", type=int, default=0, help="Backbone and pre-training seed.")
+    parser.add_argument("--results_file", default="results/reproduce_small.md",
+                        help="The summary table with its provenance (and a .json beside it); the README quotes it.")
+    parser.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="One full HIVE and SA pre-training per seed.")
+    parser.add_argument("--probe_seeds", type=int, nargs="+", default=[0, 1, 2], help="Probe seeds per encoder.")
+    parser.add_argument("--backbone_seed", type=int, default=0, help="Seed of the tiny backbones both runs share.")
     parser.add_argument("--probe_epochs", type=int, default=30)
+    parser.add_argument("--flow_batches", type=int, default=4, help="Held-out batches per gradient measurement.")
+    parser.add_argument("--flow_batch_size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of every step (results are identical run to run at a fixed count).")
     parser.add_argument("--pretrain_args", nargs=argparse.REMAINDER, default=[],
-                        help="Extra run_pretrain.py flags for both runs (e.g. --stage_max_steps 20 20 20); last.")
+                        help="Extra run_pretrain.py flags for every run (e.g. --stage_max_steps 20 20 20); last.")
     args = parser.parse_args()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     import torch
 
+    from hive_hf.analysis import (
+        gradient_flow_over_batches,
+        plot_loss_curves,
+        summarize_flows,
+        summary_table,
+    )
+    from hive_hf.analysis._common import load_checkpoint
+    from hive_hf.analysis.results import write_results
     from hive_hf.data import make_shapes_dataset
-    from hive_hf.evaluation import format_table, load_probe_datasets, run_probe
+    from hive_hf.evaluation import load_probe_datasets, run_probe
     from hive_hf.tiny_backbones import write_tiny_backbones
     from hive_hf.training.staged_run import RunLayout
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    # 1. one pair of pretrained backbones for both runs, as run_pretrain's --tiny_backbones would write them
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    # 1. one pair of pretrained backbones for every run, as run_pretrain's --tiny_backbones would write them
     backbones = out / "backbones"
     if not (backbones / "text" / "config.json").exists():
-        data = make_shapes_dataset(2000, image_size=32, seed=args.seed)
-        write_tiny_backbones(backbones, data["caption"], images=data["image"], seed=args.seed,
+        data = make_shapes_dataset(2000, image_size=32, seed=args.backbone_seed)
+        write_tiny_backbones(backbones, data["caption"], images=data["image"], seed=args.backbone_seed,
                              text_pretrain_steps=300, vision_pretrain_steps=300)
 
-    # 2. the same pre-training twice
-    runs, timings = {}, {}
-    for fusion in ("joint", "concat"):
-        start = time.time()
-        runs[fusion] = pretrain(out, fusion, backbones, ["--seed", str(args.seed), *args.pretrain_args])
-        timings[fusion] = time.time() - start
-    stages = {
-        fusion: {s: RunLayout(run).read_marker(s) for s in (1, 2, 3)}
-        for fusion, run in runs.items()
-    }
+    # 2. the same pre-training, HIVE and SA, once per seed
+    fusions = {"joint": "HIVE (joint)", "concat": "SA (concat)"}
+    runs = {(fusion, seed): pretrain(out / f"seed{seed}" / fusion, fusion, backbones, seed, args.threads,
+                                     args.pretrain_args)
+            for seed in args.pretrain_seeds for fusion in fusions}
+    markers = {key: {s: RunLayout(run).read_marker(s) for s in (1, 2, 3)} for key, run in runs.items()}
+    for (fusion, seed), per_stage in markers.items():
+        plot_loss_curves({f"stage {s}": per_stage[s]["log_history"] for s in (1, 2, 3)},
+                         out / f"seed{seed}" / f"loss_curves_{fusion}.png", title=f"pre-training ({fusion}, seed {seed})")
 
-    # 3. probes on the same splits and seeds
-    splits = load_probe_datasets("synthetic", image_size=32, seed=args.seed)
-    train, test = splits["train"], splits["test"]
-    encoders = [str(backbones / "vision"), str(runs["concat"] / "stage3"), str(runs["joint"] / "stage3")]
-    names = ["base", "SA (concat)", "HIVE (joint)"]
-    probes = {}
-    for label, settings in {
+    # 3. probes: every encoder on the same splits and seeds, at the same layer (HIVE's deepest tap)
+    hive_config = json.loads((runs[("joint", args.pretrain_seeds[0])] / "stage3" / "config.json").read_text())
+    feature_layer = max(hive_config["vision_feature_layers"])
+    splits = load_probe_datasets("synthetic", image_size=32, seed=args.backbone_seed)
+    encoders = {"base": str(backbones / "vision")}
+    encoders.update({f"{fusions[f]} seed {s}": str(runs[(f, s)] / "stage3") for (f, s) in runs})
+    probe_kinds = {
         "attentive probe": dict(probe="attentive", learning_rates=[3e-3, 1e-2, 3e-2]),
         "linear probe (mean pooling)": dict(probe="linear", pooling="mean", learning_rates=[1e-2, 3e-2, 1e-1]),
-    }.items():
-        probes[label] = run_probe(
-            encoders, train, test, encoder_names=names, dataset_name=label, seeds=args.seeds,
-            epochs=args.probe_epochs, augment=False, feature_cache_dir=str(out / "probe_cache"), **settings,
-        )
+    }
+    probes = {
+        label: run_probe(list(encoders.values()), splits["train"], splits["test"], encoder_names=list(encoders),
+                         dataset_name=label, seeds=args.probe_seeds, epochs=args.probe_epochs, augment=False,
+                         feature_layer=feature_layer, feature_cache_dir=str(out / "probe_cache"), **settings)
+        for label, settings in probe_kinds.items()
+    }
 
-    # 4. gradient flow (at the start of stage 3: both runs after stage 2) and HIVE's attention maps
-    _run([sys.executable, "-m", "hive_hf.analysis.gradient_flow", "--hive", str(runs["joint"] / "stage2"),
-          "--baseline", str(runs["concat"] / "stage2"), "--output", str(out / "gradient_flow.png"),
-          "--json", str(out / "gradient_flow.json")])
-    _run([sys.executable, "-m", "hive_hf.analysis.attention_maps", str(runs["joint"] / "stage3"),
-          "--output", str(out / "attention_maps.png"), "--json", str(out / "attention_maps.json")])
-    flow = json.loads((out / "gradient_flow.json").read_text())
-    from hive_hf.analysis import plot_loss_curves
-
-    for fusion, per_stage in stages.items():
-        plot_loss_curves({f"stage {s}": per_stage[s]["log_history"] for s in (1, 2, 3)},
-                         out / f"loss_curves_{fusion}.png", title=f"pre-training ({fusion})")
+    # 4. gradient flow at the start of stage 3 (after stage 2), over held-out batches, every seed
+    flow_data = make_shapes_dataset(args.flow_batches * args.flow_batch_size, 32, seed=args.backbone_seed,
+                                    split="gradient_flow")
+    flows = {fusion: [] for fusion in fusions}
+    for (fusion, _seed), run in runs.items():
+        model, processor = load_checkpoint(run / "stage2")
+        flows[fusion] += gradient_flow_over_batches(model, processor, flow_data["image"], flow_data["caption"],
+                                                    args.flow_batch_size)
+    summaries = {fusions[f]: summarize_flows(v) for f, v in flows.items()}
+    first_seed = args.pretrain_seeds[0]
+    _run([sys.executable, "-m", "hive_hf.analysis.attention_maps", str(runs[("joint", first_seed)] / "stage3"),
+          "--output", str(out / "attention_maps.png"), "--json", str(out / "attention_maps.json")], args.threads)
 
     # 5. the report
-    lines = ["# Small-scale reproduction", "", "## Probe accuracy (synthetic shapes, 5 classes; mean ± std over seeds "
-             f"{args.seeds})", "", format_table(list(probes.values())), "", "## Pre-training",
-             "", "| run | stage | loss first -> last | train time (s) |", "|---|---|---|---|"]
-    for fusion, per_stage in stages.items():
-        for s in (1, 2, 3):
-            m = per_stage[s]
-            lines.append(f"| {fusion} | {s} | {m['first_loss']:.3f} -> {m['last_loss']:.3f} | "
-                         f"{m['train_runtime']:.1f} |")
-    lines += ["", "## Gradient flow into the encoder (one batch, start of stage 3)", "",
-              _flow_table(flow), "", "Figures: `loss_curves_joint.png`, `loss_curves_concat.png`, "
-              "`gradient_flow.png`, `attention_maps.png`."]
-    report = "\n".join(lines) + "\n"
-    (out / "results.md").write_text(report)
-    (out / "results.json").write_text(json.dumps(
-        {"probes": probes, "pretraining": {f: {s: {k: v for k, v in m.items() if k != "log_history"}
-                                               for s, m in st.items()} for f, st in stages.items()},
-         "pretraining_wall_seconds": timings, "gradient_flow": flow}, indent=2, default=str))
-    print("\n" + report)
-    print(f"written to {out}")
+    def probe_values(label: str, kind: str) -> list[float]:
+        entries = probes[label]["encoders"]
+        if kind == "base":
+            return [float(a) for a in entries["base"]["per_seed"]]
+        return [entries[f"{kind} seed {s}"]["mean"] for s in args.pretrain_seeds]
 
+    kinds = ["base", *fusions.values()]
+    lines = [f"| Encoder | {' | '.join(probes)} |", "|---|" + "---:|" * len(probes)]
+    for kind in kinds:
+        lines.append(f"| {kind} | " + " | ".join(cell(probe_values(label, kind)) for label in probes) + " |")
+    probe_table = "\n".join(lines)
 
-def _flow_table(flow: dict) -> str:
-    """Per encoder layer: the gradient norm reaching its output for each model, and the same relative to the
-    model's deepest tapped layer (the loss scale cancels; the paper's claim is about how much reaches early
-    layers)."""
-    models = list(flow)
-    header = [f"{m}: d loss / d h" for m in models] + [f"{m}: relative to deepest tap" for m in models]
-    rows = ["| layer | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
-    absolute = [flow[m]["hidden_grad_norms"] for m in models]
-    relative = []
-    for m, values in zip(models, absolute):
-        ref = values[max(flow[m]["tapped_layers"]) - 1]
-        relative.append([v / ref if ref else float("nan") for v in values])
-    for i, cells in enumerate(zip(*absolute, *relative)):
-        rows.append(f"| {i + 1} | " + " | ".join(f"{v:.3g}" for v in cells) + " |")
-    return "\n".join(rows)
+    def losses(fusion: str, stage: int, key: str) -> list[float]:
+        return [markers[(fusion, s)][stage][key] for s in args.pretrain_seeds]
+
+    lines = ["| pre-training loss (first -> last logged) | stage 1 | stage 2 | stage 3 |", "|---|---|---|---|"]
+    for fusion, name in fusions.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{cell(losses(fusion, s, 'first_loss'), 3)} -> {cell(losses(fusion, s, 'last_loss'), 3)}"
+            for s in (1, 2, 3)) + " |")
+    loss_table = "\n".join(lines)
+
+    hive, sa = summaries[fusions["joint"]], summaries[fusions["concat"]]
+    layer_1 = {f: [fl.hidden_grad_norms[0] for fl in v] for f, v in flows.items()}
+    layer_1_rel = {f: [fl.relative(fl.hidden_grad_norms)[0] for fl in v] for f, v in flows.items()}
+    findings = [
+        compare(f"{label}, accuracy (%)", probe_values(label, fusions["joint"]), probe_values(label, fusions["concat"]),
+                higher_is_better=True, digits=2)
+        for label in probes
+    ] + [
+        compare("final stage-3 loss", losses("joint", 3, "last_loss"), losses("concat", 3, "last_loss"),
+                higher_is_better=False),
+        compare("gradient norm at encoder layer 1 (absolute)", layer_1["joint"], layer_1["concat"],
+                higher_is_better=True, digits=4),
+        compare("gradient at layer 1 relative to the deepest tap", layer_1_rel["joint"], layer_1_rel["concat"],
+                higher_is_better=True, digits=2),
+    ]
+    seeds_text = " ".join(map(str, args.pretrain_seeds))
+    table = "\n".join([
+        f"Probe accuracy (%, synthetic shapes, 5 classes; HIVE/SA: mean ± std over pre-training seeds {seeds_text}, "
+        f"each the mean of probe seeds {' '.join(map(str, args.probe_seeds))}; base: over probe seeds; features of "
+        f"encoder layer {feature_layer} for every encoder):", "", probe_table, "",
+        "Pre-training loss per caption token (mean ± std over pre-training seeds):", "", loss_table, "",
+        f"Gradient reaching each encoder layer's output at the start of stage 3 (mean ± std over "
+        f"{hive.num_batches} measurements: {len(args.pretrain_seeds)} seeds x {args.flow_batches} held-out batches "
+        f"of {args.flow_batch_size}; relative: to the deepest tapped layer of the same batch; * = tapped):", "",
+        summary_table({"HIVE": hive, "SA": sa}), "", "Differences:", "", *findings,
+    ])
+    wall = time.time() - started
+    data = {
+        "probes": probes,
+        "pretraining": {f"{f} seed {s}": {st: {k: v for k, v in m.items() if k != "log_history"}
+                                          for st, m in per_stage.items()} for (f, s), per_stage in markers.items()},
+        "gradient_flow": {name: vars(s) for name, s in summaries.items()},
+        "findings": findings,
+        "wall_seconds": wall,
+    }
+    write_results(args.results_file, table, data, seeds=args.pretrain_seeds, threads=args.threads)
+    (out / "results.md").write_text(f"# Small-scale reproduction\n\n{table}\n\nWall time: {wall / 60:.1f} min.\n")
+    (out / "results.json").write_text(json.dumps(data, indent=2, default=str))
+    print("\n" + table)
+    print(f"\nwall time {wall / 60:.1f} min; written to {out} and {args.results_file}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from transformers import SiglipImageProcessorPil
 from hive_hf import HiveForConditionalGeneration, HiveProcessor
 from hive_hf.analysis import (
     AttentionMaps,
+    GradientFlow,
     attention_map_grid,
     attention_summary,
     encoder_gradient_flow,
@@ -19,6 +20,7 @@ from hive_hf.analysis import (
     gradient_flow_table,
     plot_attention_maps,
     plot_gradient_maps,
+    summarize_flows,
     text_to_image_attention,
 )
 from hive_hf.analysis import attention_maps as attention_maps_cli
@@ -192,6 +194,28 @@ def test_gradient_flow_command(checkpoints, tmp_path, capsys):
     assert printed.count("\n| ") == 1 + 4  # header + one row per encoder layer (the separator starts with "|-")
     assert set(flows) == {"HIVE (joint)", "SA (concat)"} and png.exists()
     assert len(json.loads(out.read_text())["SA (concat)"]["hidden_grad_norms"]) == 4
+
+
+def test_gradient_flow_command_over_batches_reports_the_spread(checkpoints, tmp_path, capsys):
+    out = tmp_path / "g.json"
+    gradient_flow_cli.main(["--hive", str(checkpoints["joint"]), "--baseline", str(checkpoints["concat"]),
+                            "--output", str(tmp_path / "g.png"), "--json", str(out), "--batches", "3",
+                            "--batch_size", "4"])
+    assert "Over 3 batches of 4 synthetic images" in capsys.readouterr().out
+    summary = json.loads(out.read_text())["HIVE (joint)"]["over_batches"]
+    assert summary["num_batches"] == 3 and len(summary["hidden_std"]) == 4
+    assert any(s > 0 for s in summary["hidden_std"][:3])  # different batches, different gradients
+
+
+def test_summarize_flows_by_hand():
+    def flow(values):
+        return GradientFlow(layers=[1, 2], tapped_layers=[2], hidden_grad_norms=values, param_grad_norms=values,
+                            patch_maps=torch.zeros(2, 1, 1, 1), loss=0.0)
+
+    summary = summarize_flows([flow([4.0, 2.0]), flow([2.0, 2.0])])
+    assert summary.hidden_mean == [3.0, 2.0] and summary.relative_mean == [1.5, 1.0]
+    assert summary.hidden_std[1] == 0.0 and abs(summary.hidden_std[0] - 2 ** 0.5) < 1e-12
+    assert abs(summary.relative_std[0] - 0.5 ** 0.5) < 1e-12 and summary.num_batches == 2
 
 
 def test_attention_maps_command(checkpoints, tmp_path, capsys):

@@ -24,7 +24,16 @@ from .flops import (
     flop_counter,
     make_batch,
 )
-from .gradient_flow import GradientFlow, encoder_gradient_flow, gradient_flow_table, plot_gradient_maps
+from .gradient_flow import (
+    GradientFlow,
+    GradientFlowSummary,
+    encoder_gradient_flow,
+    gradient_flow_over_batches,
+    gradient_flow_table,
+    plot_gradient_maps,
+    summarize_flows,
+    summary_table,
+)
 from .plots import plot_loss_curves
 from .profiling import TensorMemoryTracker, generation_ms_per_token, peak_memory_bytes, step_times
 
@@ -33,6 +42,7 @@ __all__ = [
     "AttentionMaps",
     "EfficiencyShapes",
     "GradientFlow",
+    "GradientFlowSummary",
     "StepFlops",
     "TensorMemoryTracker",
     "analytic_forward_flops",
@@ -45,6 +55,7 @@ __all__ = [
     "find_token_positions",
     "flop_counter",
     "generation_ms_per_token",
+    "gradient_flow_over_batches",
     "gradient_flow_table",
     "make_batch",
     "peak_memory_bytes",
@@ -52,5 +63,7 @@ __all__ = [
     "plot_gradient_maps",
     "plot_loss_curves",
     "step_times",
+    "summarize_flows",
+    "summary_table",
     "text_to_image_attention",
 ]

@@ -28,6 +28,7 @@ import torch
 from transformers.utils import logging
 
 from ..modeling_hive import HiveForConditionalGeneration
+from ..processing_hive import HiveProcessor
 from ._common import load_checkpoint, load_image, pixels_to_image, to_patch_grid
 
 matplotlib.use("Agg")  # no display on training machines
@@ -147,6 +148,80 @@ def encoder_gradient_flow(
     )
 
 
+@dataclass
+class GradientFlowSummary:
+    r"""
+    The gradient reaching each encoder block over many batches (and checkpoints): per block the mean and the sample
+    standard deviation, absolute (`hidden_*`) and relative to the deepest tapped layer of the same batch
+    (`relative_*`, so that the loss's scale cancels batch by batch).
+
+    layers (`list[int]`), tapped_layers (`list[int]`): as in :class:`GradientFlow`.
+    hidden_mean / hidden_std / relative_mean / relative_std (`list[float]`): per block.
+    num_batches (`int`): how many (checkpoint, batch) measurements were summarised.
+    """
+
+    layers: list[int]
+    tapped_layers: list[int]
+    hidden_mean: list[float]
+    hidden_std: list[float]
+    relative_mean: list[float]
+    relative_std: list[float]
+    num_batches: int
+
+
+def summarize_flows(flows: list[GradientFlow]) -> GradientFlowSummary:
+    """Mean and spread per block of many :class:`GradientFlow` measurements of models with the same taps."""
+    if not flows:
+        raise ValueError("summarize_flows needs at least one GradientFlow.")
+    absolute = torch.tensor([f.hidden_grad_norms for f in flows], dtype=torch.float64)  # (M, layers)
+    relative = torch.tensor([f.relative(f.hidden_grad_norms) for f in flows], dtype=torch.float64)
+
+    def spread(values: torch.Tensor) -> list[float]:
+        return values.std(0).tolist() if len(flows) > 1 else [0.0] * values.shape[1]
+
+    return GradientFlowSummary(
+        layers=flows[0].layers, tapped_layers=flows[0].tapped_layers,
+        hidden_mean=absolute.mean(0).tolist(), hidden_std=spread(absolute),
+        relative_mean=relative.mean(0).tolist(), relative_std=spread(relative), num_batches=len(flows),
+    )
+
+
+def gradient_flow_over_batches(
+    model: HiveForConditionalGeneration,
+    processor: HiveProcessor,
+    images: list,
+    captions: list[str],
+    batch_size: int = 16,
+) -> list[GradientFlow]:
+    """:func:`encoder_gradient_flow` on consecutive batches of `images`/`captions` (one measurement per batch)."""
+    flows = []
+    for start in range(0, len(captions), batch_size):
+        batch = processor(images=images[start:start + batch_size], text=captions[start:start + batch_size],
+                          add_eos=True, return_labels=True)
+        flows.append(encoder_gradient_flow(model, batch["pixel_values"], batch["input_ids"],
+                                           batch["attention_mask"], batch["labels"]))
+    return flows
+
+
+def summary_table(summaries: Mapping[str, GradientFlowSummary]) -> str:
+    """A markdown table, one row per encoder block: per model `mean ± std` of the gradient norm at the block's
+    output, absolute and relative to the deepest tapped layer (`*` marks tapped layers)."""
+    names = list(summaries)
+    head = ["layer"] + [f"{n} ‖dL/dh‖" for n in names] + [f"{n} rel. to deepest tap" for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, layer in enumerate(summaries[names[0]].layers):
+        cells = [str(layer)]
+        for name in names:
+            s = summaries[name]
+            mark = "*" if layer in s.tapped_layers else ""
+            cells.append(f"{s.hidden_mean[i]:.3g} ± {s.hidden_std[i]:.2g}{mark}")
+        for name in names:
+            s = summaries[name]
+            cells.append(f"{s.relative_mean[i]:.3g} ± {s.relative_std[i]:.2g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def gradient_flow_table(flows: Mapping[str, GradientFlow]) -> str:
     """A markdown table, one row per encoder layer: for each model the gradient norm at the block output and of its
     parameters, absolute and relative to the model's deepest tapped layer (`*` marks tapped layers)."""
@@ -216,6 +291,11 @@ def main(argv: list[str] | None = None) -> dict[str, GradientFlow]:
     parser.add_argument("--caption", default=None, help="Its caption; default: the synthetic picture's.")
     parser.add_argument("--output", default="gradient_flow.png", help="Where the PNG grid goes.")
     parser.add_argument("--json", default=None, help="Also write the per-layer numbers to this JSON file.")
+    parser.add_argument("--batches", type=int, default=0,
+                        help="Also measure over this many batches of synthetic shapes (not --image) and print "
+                             "the per-layer mean ± std across them: one picture is one sample of a noisy quantity.")
+    parser.add_argument("--batch_size", type=int, default=16, help="Images per batch with --batches.")
+    parser.add_argument("--seed", type=int, default=1234, help="Seed of the synthetic batches (held-out data).")
     args = parser.parse_args(argv)
 
     flows: dict[str, GradientFlow] = {}
@@ -235,8 +315,23 @@ def main(argv: list[str] | None = None) -> dict[str, GradientFlow]:
     print(gradient_flow_table(flows))
     path = plot_gradient_maps(flows, images, args.output)
     print(f"\ngradient maps: {path}")
+    summaries = {}
+    if args.batches > 0:
+        from ..data import make_shapes_dataset
+
+        for name, ckpt in zip(flows, (args.hive, args.baseline)):
+            model, processor = load_checkpoint(ckpt)
+            data = make_shapes_dataset(args.batches * args.batch_size, model.config.vision_config.image_size,
+                                       seed=args.seed, split="gradient_flow")
+            summaries[name] = summarize_flows(gradient_flow_over_batches(
+                model, processor, data["image"], data["caption"], args.batch_size))
+        print(f"\nOver {args.batches} batches of {args.batch_size} synthetic images (mean ± std):\n")
+        print(summary_table(summaries))
     if args.json:
-        Path(args.json).write_text(json.dumps({n: f.to_dict() for n, f in flows.items()}, indent=2))
+        record = {n: f.to_dict() for n, f in flows.items()}
+        for name, summary in summaries.items():
+            record[name]["over_batches"] = asdict(summary)
+        Path(args.json).write_text(json.dumps(record, indent=2))
     return flows
 
 
