@@ -155,7 +155,7 @@ def main() -> None:
     def probe_values(label: str, kind: str) -> list[float]:
         entries = probes[label]["encoders"]
         if kind == "base":
-            return [float(a) for a in entries["base"]["per_seed"]]
+            return [float(a) for a in entries["base"]["per_seed"].values()]
         return [entries[f"{kind} seed {s}"]["mean"] for s in args.pretrain_seeds]
 
     kinds = ["base", *fusions.values()]
