@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,6 +37,7 @@ from transformers import AutoConfig, AutoProcessor, AutoTokenizer, HfArgumentPar
 from transformers.utils import logging
 
 from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveProcessor
+from hive_hf.analysis.results import write_results
 from hive_hf.compat import AutoImageProcessor
 from hive_hf.configuration_hive import (
     FUSION_MODES,
@@ -183,6 +185,11 @@ class HivePretrainingArguments(StagedTrainingArguments):
     projector_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for the projectors."})
     fusion_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for new cross-attention."})
     llm_lr_scale: float = field(default=1.0, metadata={"help": "Learning-rate factor for the LLM."})
+    results_file: str | None = field(
+        default=None,
+        metadata={"help": "Where the run's summary table goes (with its command, seed, threads and versions, and a "
+                          ".json beside it); default <output_dir>/results.md."},
+    )
 
     def __post_init__(self):
         if self.recipe not in STAGE_RECIPES:
@@ -287,7 +294,17 @@ def _take(dataset, n: int):
         yield row
 
 
+def summary_table(summaries: dict[int, dict]) -> str:
+    """The run's stages as a markdown table: what each trains, its loss (first -> last logged) and train time."""
+    lines = ["| stage | trains | loss (first -> last logged) | train time |", "|---|---|---|---|"]
+    for stage, m in summaries.items():
+        lines.append(f"| {stage} | {HIVE_STAGES.trains(stage)} | {m['first_loss']:.3f} -> {m['last_loss']:.3f} | "
+                     f"{m['train_runtime']:.1f} s |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    started = time.time()
     # A mistake in the flags, a config file, the backbones' wiring or the data is reported in one line (exit 2) before
     # anything is downloaded or trained; later errors keep their traceback.
     with user_errors():
@@ -324,6 +341,10 @@ def main() -> None:
     summaries = run.run(start, train_data)
 
     if args.process_index == 0:
+        wall = time.time() - started
+        table = summary_table(summaries) + f"\n\nThe whole command, backbone set-up included: {wall:.0f} s."
+        write_results(args.results_file or layout.root / "results.md", table,
+                      {"stages": summaries, "wall_seconds": wall}, seeds=[args.seed])
         print("\nHIVE pre-training finished")
         print("\n".join(run.summary(summaries)))
         print(f"  loss curves: {layout.loss_curves}")

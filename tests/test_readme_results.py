@@ -26,3 +26,11 @@ def test_results_files_round_trip_through_a_readme(tmp_path):
     readme = f"intro\n<!-- results: {md} -->\n{text}<!-- /results -->\nmore\n"
     assert readme_blocks(readme) == {str(md): text}
     assert json.loads(md.with_suffix(".json").read_text())["results"] == {"a": 1}
+
+
+def test_fill_readme_copies_each_file_into_its_block(tmp_path):
+    (tmp_path / "r.md").write_text("| new |\n")
+    readme = "a\n<!-- results: r.md -->\n| old |\n<!-- /results -->\nb\n"
+    from hive_hf.analysis.results import fill_readme
+
+    assert fill_readme(readme, tmp_path) == "a\n<!-- results: r.md -->\n| new |\n<!-- /results -->\nb\n"

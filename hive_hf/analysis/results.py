@@ -1,6 +1,9 @@
 """Results files: every table the README shows is written by a command into `results/<name>.md` (the table and a
 line saying how it was made) and `results/<name>.json` (the numbers and the environment), and copied into the README
-verbatim between `<!-- results: results/<name>.md -->` and `<!-- /results -->` (a test keeps the two equal)."""
+verbatim between `<!-- results: results/<name>.md -->` and `<!-- /results -->` (a test keeps the two equal).
+
+    python -m hive_hf.analysis.results README.md    # copy every quoted results file into its README block
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,6 @@ from typing import Any
 
 import torch
 import transformers
-
-README_BLOCK = "<!-- results: {path} -->"
 
 
 def environment(threads: int | None = None) -> dict[str, Any]:
@@ -79,3 +80,36 @@ def readme_blocks(readme: str) -> dict[str, str]:
         elif current is not None:
             blocks[current].append(line)
     return {path: "\n".join(lines).strip() + "\n" for path, lines in blocks.items()}
+
+
+def fill_readme(readme: str, root: str | Path = ".") -> str:
+    """`readme` with every results block replaced by the current content of the file it quotes (paths from `root`)."""
+    opening, closing = "<!-- results: ", "<!-- /results -->"
+    out, skipping = [], False
+    for line in readme.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(opening) and stripped.endswith("-->"):
+            path = stripped[len(opening):-len("-->")].strip()
+            out += [line, *(Path(root) / path).read_text().strip().splitlines()]
+            skipping = True
+        elif stripped == closing:
+            out.append(line)
+            skipping = False
+        elif not skipping:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Copy every results file a README quotes into its block.")
+    parser.add_argument("readme", nargs="?", default="README.md")
+    args = parser.parse_args(argv)
+    path = Path(args.readme)
+    path.write_text(fill_readme(path.read_text(), root=path.parent))
+    print(f"{path}: {len(readme_blocks(path.read_text()))} results blocks filled")
+
+
+if __name__ == "__main__":
+    main()
