@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import os
 import platform
 import statistics
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +53,7 @@ from hive_hf.analysis.flops import (
     training_step,
 )
 from hive_hf.analysis.profiling import generation_ms_per_token, interleaved_step_times, peak_memory_bytes
+from hive_hf.analysis.results import write_results
 from hive_hf.configuration_hive import FUSION_MODES
 from hive_hf.modeling_hive import STAGE_COMPONENTS
 
@@ -529,11 +528,9 @@ def main(argv: list[str] | None = None) -> dict:
         progress.close()
     results["targets"] = _targets(results, args)
     print(_report(results, args))
-    if args.output:
-        path = Path(args.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2, default=str))
-        print(f"\nresults written to {path}")
+    if args.output:  # <name>.json with the numbers and the environment, <name>.md with this report (the README's)
+        path = write_results(args.output, _report(results, args), results, seeds=[args.seed], threads=args.threads)
+        print(f"\nresults written to {path} and {path.with_suffix('.json')}")
     return results
 
 
