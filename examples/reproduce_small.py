@@ -188,6 +188,9 @@ def main() -> None:
                 higher_is_better=True, digits=4),
         compare("gradient at layer 1 relative to the deepest tap", layer_1_rel["joint"], layer_1_rel["concat"],
                 higher_is_better=True, digits=2),
+        compare("gradient's spread over the patches at layer 1 (normalised entropy, lower = more localized)",
+                [fl.patch_entropy()[0] for fl in flows["joint"]], [fl.patch_entropy()[0] for fl in flows["concat"]],
+                higher_is_better=False, digits=3),
     ]
     seeds_text = " ".join(map(str, args.pretrain_seeds))
     table = "\n".join([

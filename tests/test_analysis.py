@@ -209,13 +209,15 @@ def test_gradient_flow_command_over_batches_reports_the_spread(checkpoints, tmp_
 
 def test_summarize_flows_by_hand():
     def flow(values):
+        maps = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[1.0, 0.0], [0.0, 0.0]]]])  # (layers, B, 2, 2)
         return GradientFlow(layers=[1, 2], tapped_layers=[2], hidden_grad_norms=values, param_grad_norms=values,
-                            patch_maps=torch.zeros(2, 1, 1, 1), loss=0.0)
+                            patch_maps=maps, loss=0.0)
 
     summary = summarize_flows([flow([4.0, 2.0]), flow([2.0, 2.0])])
     assert summary.hidden_mean == [3.0, 2.0] and summary.relative_mean == [1.5, 1.0]
     assert summary.hidden_std[1] == 0.0 and abs(summary.hidden_std[0] - 2 ** 0.5) < 1e-12
     assert abs(summary.relative_std[0] - 0.5 ** 0.5) < 1e-12 and summary.num_batches == 2
+    assert summary.entropy_mean == [1.0, 0.0]  # even over the four patches; all on one
 
 
 def test_attention_maps_command(checkpoints, tmp_path, capsys):

@@ -61,9 +61,21 @@ class GradientFlow:
         ref = values[max(self.tapped_layers) - 1]
         return [v / ref if ref else math.nan for v in values]
 
+    def patch_entropy(self) -> list[float]:
+        """Per block, how spread the gradient is over the patches: the entropy of the per-patch gradient norms
+        (normalised to sum to one) divided by its maximum, averaged over the images; 1 = even over the image, lower =
+        concentrated on fewer patches ("granular, localized" in the paper's words), nan where no gradient arrived."""
+        maps = self.patch_maps.flatten(2).double()  # (layers, B, patches)
+        total = maps.sum(-1, keepdim=True)
+        p = maps / total.clamp(min=1e-300)
+        entropy = -(p * p.clamp(min=1e-300).log()).sum(-1) / math.log(maps.shape[-1])
+        entropy[total.squeeze(-1) == 0] = math.nan
+        return entropy.mean(-1).tolist()
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out.pop("patch_maps")
+        out["patch_entropy"] = self.patch_entropy()
         return out
 
 
@@ -157,6 +169,7 @@ class GradientFlowSummary:
 
     layers (`list[int]`), tapped_layers (`list[int]`): as in :class:`GradientFlow`.
     hidden_mean / hidden_std / relative_mean / relative_std (`list[float]`): per block.
+    entropy_mean / entropy_std (`list[float]`): per block, :meth:`GradientFlow.patch_entropy`.
     num_batches (`int`): how many (checkpoint, batch) measurements were summarised.
     """
 
@@ -166,6 +179,8 @@ class GradientFlowSummary:
     hidden_std: list[float]
     relative_mean: list[float]
     relative_std: list[float]
+    entropy_mean: list[float]
+    entropy_std: list[float]
     num_batches: int
 
 
@@ -175,6 +190,7 @@ def summarize_flows(flows: list[GradientFlow]) -> GradientFlowSummary:
         raise ValueError("summarize_flows needs at least one GradientFlow.")
     absolute = torch.tensor([f.hidden_grad_norms for f in flows], dtype=torch.float64)  # (M, layers)
     relative = torch.tensor([f.relative(f.hidden_grad_norms) for f in flows], dtype=torch.float64)
+    entropy = torch.tensor([f.patch_entropy() for f in flows], dtype=torch.float64)
 
     def spread(values: torch.Tensor) -> list[float]:
         return values.std(0).tolist() if len(flows) > 1 else [0.0] * values.shape[1]
@@ -182,7 +198,8 @@ def summarize_flows(flows: list[GradientFlow]) -> GradientFlowSummary:
     return GradientFlowSummary(
         layers=flows[0].layers, tapped_layers=flows[0].tapped_layers,
         hidden_mean=absolute.mean(0).tolist(), hidden_std=spread(absolute),
-        relative_mean=relative.mean(0).tolist(), relative_std=spread(relative), num_batches=len(flows),
+        relative_mean=relative.mean(0).tolist(), relative_std=spread(relative),
+        entropy_mean=entropy.mean(0).tolist(), entropy_std=spread(entropy), num_batches=len(flows),
     )
 
 
@@ -205,9 +222,11 @@ def gradient_flow_over_batches(
 
 def summary_table(summaries: Mapping[str, GradientFlowSummary]) -> str:
     """A markdown table, one row per encoder block: per model `mean ± std` of the gradient norm at the block's
-    output, absolute and relative to the deepest tapped layer (`*` marks tapped layers)."""
+    output, absolute and relative to the deepest tapped layer (`*` marks tapped layers), and of its spread over the
+    patches (normalised entropy: 1 even, lower concentrated)."""
     names = list(summaries)
-    head = ["layer"] + [f"{n} ‖dL/dh‖" for n in names] + [f"{n} rel. to deepest tap" for n in names]
+    head = (["layer"] + [f"{n} ‖dL/dh‖" for n in names] + [f"{n} rel. to deepest tap" for n in names]
+            + [f"{n} patch entropy" for n in names])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, layer in enumerate(summaries[names[0]].layers):
         cells = [str(layer)]
@@ -218,6 +237,9 @@ def summary_table(summaries: Mapping[str, GradientFlowSummary]) -> str:
         for name in names:
             s = summaries[name]
             cells.append(f"{s.relative_mean[i]:.3g} ± {s.relative_std[i]:.2g}")
+        for name in names:
+            s = summaries[name]
+            cells.append(f"{s.entropy_mean[i]:.3f} ± {s.entropy_std[i]:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
