@@ -8,15 +8,22 @@ verbatim between `<!-- results: results/<name>.md -->` and `<!-- /results -->` (
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shlex
+import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
+
+DEMO_DIR = Path("outputs/demo")
+DEMO_COMMAND = "python examples/run_pretrain.py examples/configs/demo.json"
 
 
 def environment(threads: int | None = None) -> dict[str, Any]:
@@ -41,9 +48,10 @@ def provenance_line(command: str, env: dict[str, Any], seeds: list[int] | None =
             f"torch {env['torch']}, {env['date']}._")
 
 
-def command_line() -> str:
-    """The command this process runs, as a user would type it (script path relative to the checkout)."""
-    args = list(sys.argv)
+def command_line(args: list[str] | None = None) -> str:
+    """A Python command as a user would type it (script path relative to the working folder): `args` (a script and
+    its arguments), by default this process's."""
+    args = list(sys.argv if args is None else args)
     try:
         args[0] = str(Path(args[0]).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -63,6 +71,50 @@ def write_results(path: str | Path, table: str, data: dict[str, Any], *, command
     path.with_suffix(".json").write_text(json.dumps(
         {"command": command, "seeds": seeds, "environment": env, "results": data}, indent=2, default=str) + "\n")
     return path.with_suffix(".md")
+
+
+def run_step(args: list[str], threads: int) -> float:
+    """Run one step of a measurement, a Python script and its arguments (`args`), in its own process with `threads`
+    CPU threads (`OMP_NUM_THREADS`), echoing it as `command_line` writes it; a failed step raises. Returns its
+    wall-clock seconds."""
+    print("+", command_line(args), flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, *args], check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    return time.perf_counter() - started
+
+
+@dataclass
+class DemoMeasurementArguments:
+    """The flags of a measurement on the demo pre-training's encoders (`benchmarks/probe_features.py`,
+    `benchmarks/vlm_demo.py`); each script gives its own `output_dir` and `results_file` defaults."""
+
+    demo_dir: str = field(default=str(DEMO_DIR), metadata={"help": f"The demo pre-training ({DEMO_COMMAND})."})
+    output_dir: str = field(default="outputs/measurement", metadata={"help": "Where the runs go."})
+    results_file: str = field(
+        default="results/measurement.md",
+        metadata={"help": "The table with its provenance (and a .json beside it); the README quotes it."},
+    )
+    threads: int = field(default=1, metadata={"help": "CPU threads of every run (OMP_NUM_THREADS)."})
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"--threads must be positive, got {self.threads}.")
+
+
+def demo_encoders(demo_dir: str | Path = DEMO_DIR) -> dict[str, Path]:
+    """The two encoders of a finished demo pre-training that the README's downstream tables compare: `{"base": the
+    stock tower it started from, "HIVE": its last stage}`. Raises `FileNotFoundError` with the command that makes the
+    demo when `demo_dir` holds none."""
+    from ..training.staged_run import RunLayout
+    from ..training.stages import HIVE_STAGES  # the training package imports analysis; import at call time
+
+    layout = RunLayout(demo_dir)
+    encoders = {"base": layout.backbones_dir / "vision", "HIVE": layout.stage_dir(HIVE_STAGES.stages[-1])}
+    if not (layout.finished(HIVE_STAGES.stages[-1]) and (encoders["base"] / "config.json").is_file()):
+        command = DEMO_COMMAND + ("" if Path(demo_dir) == DEMO_DIR else f" --output_dir {demo_dir}")
+        raise FileNotFoundError(f"{demo_dir} holds no finished demo pre-training (its backbones/vision and "
+                                f"{encoders['HIVE'].name}); make it first with: {command}")
+    return encoders
 
 
 def readme_blocks(readme: str) -> dict[str, str]:

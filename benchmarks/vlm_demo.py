@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""The README's VLM demo table: LLaVA fine-tuning on the demo's HIVE encoder and on its base encoder, with a blind
+baseline (README, "VLM fine-tuning").
+
+1. writes the synthetic shapes as LLaVA conversation data (`write_shapes_conversations`: 2,000 pictures, five
+   questions each, one in each scoring style),
+2. runs `examples/run_vlm_finetune.py` twice with the same flags (a tiny LLM built offline, both stages, then the
+   evaluation on 200 held-out pictures): once on `<demo_dir>/stage3` (HIVE), once on `<demo_dir>/backbones/vision`
+   (the stock tower the demo started from),
+3. scores a blind baseline on the same questions: each question answered with its most frequent training answer,
+4. reads each run's stage markers (`vlm_stage.json`: first and last logged loss, training time) and
+   `eval_results.json`, and writes the table to --results_file (and the numbers to a .json beside it), which the
+   README quotes.
+
+    python examples/run_pretrain.py examples/configs/demo.json    # outputs/demo, once (under a minute)
+    python benchmarks/vlm_demo.py --threads 1                     # about 8 minutes on one CPU thread
+
+A run folder that already holds finished stages resumes from them (the fine-tuning script skips them); use a new
+--output_dir for a fresh measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import HfArgumentParser
+
+from hive_hf.analysis.results import (
+    DemoMeasurementArguments,
+    command_line,
+    demo_encoders,
+    run_step,
+    write_results,
+)
+from hive_hf.evaluation import (
+    TASK_TITLES,
+    VLM_STAGES,
+    load_vqa_benchmark,
+    make_shapes_vqa_dataset,
+    question_prior_predictions,
+    score_predictions,
+    write_shapes_conversations,
+)
+from hive_hf.training.arguments import user_errors
+from hive_hf.training.staged_run import VLM_STAGE_MARKER, RunLayout
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRAIN_PICTURES = 2000
+# What examples/run_vlm_finetune.py evaluates with these flags: its default --seed, --shapes_eval_images and
+# --shapes_image_size (checked against the questions each run answered).
+EVAL_SEED, EVAL_PICTURES, IMAGE_SIZE = 42, 200, 32
+# {row name: (output subfolder, encoder in demo_encoders)}
+RUNS: dict[str, tuple[str, str]] = {"HIVE encoder": ("hive", "HIVE"), "base encoder": ("base", "base")}
+BLIND = "blind question prior"
+FINETUNE_FLAGS = [
+    "--tiny_text_backbone", "--tiny_text_pretrain_steps", "200", "--train_benchmark", "conversations", "--do_train",
+    "--do_eval", "--per_device_train_batch_size", "32", "--stage_batch_sizes", "32", "32", "--stage_epochs", "1", "12",
+    "--stage_learning_rates", "3e-3", "1e-3", "--lr_scheduler_type", "constant_with_warmup", "--logging_steps", "20",
+    "--per_device_eval_batch_size", "64", "--use_cpu", "--report_to", "none",
+]
+
+
+def finetune_command(encoder: Path, data_dir: Path, output_dir: Path, run_name: str) -> list[str]:
+    """The `examples/run_vlm_finetune.py` arguments of one encoder's run (the same flags for every encoder)."""
+    return [str(ROOT / "examples" / "run_vlm_finetune.py"), "--vision_model_name_or_path", str(encoder),
+            "--train_questions_file", str(data_dir / "conversations.json"), "--train_image_dir",
+            str(data_dir / "images"), "--output_dir", str(output_dir), "--run_name", run_name, *FINETUNE_FLAGS]
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """One finished fine-tuning run from its own files: `{"stages": {stage: its marker without the loss history},
+    "scores": {task: headline score}, "num_questions"}`."""
+    layout = RunLayout(run_dir, marker=VLM_STAGE_MARKER)
+    stages = {stage: {k: v for k, v in layout.read_marker(stage).items() if k != "log_history"}
+              for stage in VLM_STAGES.stages}
+    metrics = json.loads((layout.root / "eval_results.json").read_text())  # `<task>_<key>`, as the script flattens
+    scores = {task: metrics[f"{task}_score"] for task in TASK_TITLES if f"{task}_score" in metrics}
+    return {"stages": stages, "scores": scores, "num_questions": metrics["eval_samples"]}
+
+
+def vlm_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A markdown table from `{row name: {"scores": {task: score}, "stages": {stage: {"first_loss", "last_loss",
+    "train_runtime"}} (left out for a baseline)}}`: each stage's first -> last logged loss, the training minutes, then
+    one column per task present, in the paper's order (MME, GQA, OK-VQA, ScienceQA)."""
+    tasks = [t for t in TASK_TITLES if any(t in row["scores"] for row in rows.values())]
+    stages = VLM_STAGES.stages
+    lines = ["| | " + " | ".join([*(f"stage {s} loss" for s in stages), "training (min)",
+                                  *(TASK_TITLES[t] for t in tasks)]) + " |",
+             "|---|" + "---|" * len(stages) + "---:|" + "---:|" * len(tasks)]
+    for name, row in rows.items():
+        run = row.get("stages")
+        losses = [f"{run[s]['first_loss']:.3f} -> {run[s]['last_loss']:.3f}" if run else "" for s in stages]
+        minutes = f"{sum(run[s]['train_runtime'] for s in stages) / 60:.1f}" if run else ""
+        scores = [f"{row['scores'][t]:.2f}" if t in row["scores"] else "-" for t in tasks]
+        lines.append(f"| {name} | " + " | ".join([*losses, minutes, *scores]) + " |")
+    return "\n".join(lines)
+
+
+def blind_prior(run_dirs: list[Path]) -> dict[str, dict[str, Any]]:
+    """The blind baseline's `score_predictions` on the questions the runs answered (checked against each run's
+    `predictions.jsonl`), trained on the questions of the conversations."""
+    train = make_shapes_vqa_dataset(TRAIN_PICTURES, image_size=IMAGE_SIZE)
+    evaluation = load_vqa_benchmark("shapes", num_images=EVAL_PICTURES, image_size=IMAGE_SIZE, seed=EVAL_SEED)
+    for run_dir in run_dirs:
+        with open(run_dir / "predictions.jsonl") as handle:
+            answered = [json.loads(line)["question_id"] for line in handle]
+        if answered != evaluation["question_id"]:
+            raise ValueError(f"{run_dir} answered other questions than the blind baseline's ({EVAL_PICTURES} shapes "
+                             f"pictures, seed {EVAL_SEED}): were its --seed or --shapes_* flags changed?")
+    return score_predictions(evaluation, question_prior_predictions(train, evaluation))
+
+
+@dataclass
+class VLMDemoArguments(DemoMeasurementArguments):
+    output_dir: str = field(default="outputs/vlm_demo", metadata={
+        "help": "The conversation data (shapes_llava/) and one run folder per encoder (hive/, base/)."})
+    results_file: str = field(default="results/vlm_demo.md", metadata={"help": "The table (and a .json beside it)."})
+
+
+def main() -> None:
+    with user_errors():
+        parser = HfArgumentParser(VLMDemoArguments, description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        (args,) = parser.parse_args_into_dataclasses()
+        encoders = demo_encoders(args.demo_dir)
+    torch.set_num_threads(args.threads)
+    out = Path(args.output_dir)
+    data_dir = write_shapes_conversations(out / "shapes_llava", TRAIN_PICTURES, image_size=IMAGE_SIZE).parent
+    commands, seconds, rows = {}, {}, {}
+    for name, (folder, encoder) in RUNS.items():
+        command = finetune_command(encoders[encoder], data_dir, out / folder, name)
+        commands[name] = command_line(command)
+        seconds[name] = run_step(command, args.threads)
+        rows[name] = read_run(out / folder)
+    blind = blind_prior([out / folder for folder, _ in RUNS.values()])
+    rows[BLIND] = {"scores": {task: values["score"] for task, values in blind.items()}}
+
+    first = next(iter(rows.values()))
+    table = (f"One run per encoder (`--seed {EVAL_SEED}`), scored on {first['num_questions']} questions about "
+             f"{EVAL_PICTURES} held-out pictures; loss: each stage's first -> last logged value; training: minutes of "
+             "stages 1 + 2:\n\n" + vlm_table(rows))
+    data = {"rows": rows, "blind_question_prior": blind, "commands": commands, "wall_seconds": seconds,
+            "conversations": {"pictures": TRAIN_PICTURES, "image_size": IMAGE_SIZE}}
+    path = write_results(args.results_file, table, data, seeds=[EVAL_SEED], threads=args.threads)
+    print(f"\n{table}\n\nwritten to {path} ({sum(seconds.values()) / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
