@@ -34,3 +34,10 @@ def test_fill_readme_copies_each_file_into_its_block(tmp_path):
     from hive_hf.analysis.results import fill_readme
 
     assert fill_readme(readme, tmp_path) == "a\n<!-- results: r.md -->\n| new |\n<!-- /results -->\nb\n"
+
+
+def test_recorded_commands_never_hold_a_token():
+    from hive_hf.analysis.results import command_line
+
+    line = command_line(["x.py", "--hub_token", "hf_secret", "--token=hf_other", "--seed", "1"])
+    assert "hf_secret" not in line and "hf_other" not in line and "--seed 1" in line

@@ -48,10 +48,27 @@ def provenance_line(command: str, env: dict[str, Any], seeds: list[int] | None =
             f"torch {env['torch']}, {env['date']}._")
 
 
+def redact_tokens(args: list[str]) -> list[str]:
+    """`args` with the value of every token flag (`--hub_token X`, `--token=X`, ...) replaced by `<redacted>`: a
+    recorded command is written to disk and may be pushed."""
+    out, hide_next = [], False
+    for arg in args:
+        flag, has_value, _ = arg.partition("=")
+        if hide_next:
+            out.append("<redacted>")
+            hide_next = False
+        elif flag.startswith("-") and "token" in flag.lower():
+            out.append(f"{flag}=<redacted>" if has_value else arg)
+            hide_next = not has_value
+        else:
+            out.append(arg)
+    return out
+
+
 def command_line(args: list[str] | None = None) -> str:
-    """A Python command as a user would type it (script path relative to the working folder): `args` (a script and
-    its arguments), by default this process's."""
-    args = list(sys.argv if args is None else args)
+    """A Python command as a user would type it (script path relative to the working folder, token values
+    redacted): `args` (a script and its arguments), by default this process's."""
+    args = redact_tokens(list(sys.argv if args is None else args))
     try:
         args[0] = str(Path(args[0]).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
