@@ -230,12 +230,19 @@ def test_reentrant_checkpointing_raises_where_it_cannot_work(fusion):
 
 
 # -- 10. continuing from a cache keeps the image -----------------------------------------------------------------------
-@pytest.mark.parametrize("fusion", [*FUSIONS, "joint_authors"])
-def test_continuing_from_a_cache_keeps_the_image(fusion):
+def with_image_weights_moved(fusion: str) -> HiveForConditionalGeneration:
+    """A tiny model (`joint_authors`: joint with the authors' options) whose gates and new norms are off their
+    init values, so that the image changes what it computes."""
     options = AUTHORS if fusion == "joint_authors" else {}
     model = tiny_model(fusion=fusion.removesuffix("_authors"), **options)
     set_gates(model, 0.5)
     move_new_norms(model)
+    return model
+
+
+@pytest.mark.parametrize("fusion", [*FUSIONS, "joint_authors"])
+def test_continuing_from_a_cache_keeps_the_image(fusion):
+    model = with_image_weights_moved(fusion)
     inputs = tiny_inputs(model.config)
     with torch.no_grad():
         full = model(**inputs).logits
@@ -253,10 +260,7 @@ def test_continuing_from_a_cache_keeps_the_image(fusion):
 
 @pytest.mark.parametrize("fusion", [*FUSIONS, "joint_authors"])
 def test_generate_continues_from_a_returned_cache_with_the_image(fusion):
-    options = AUTHORS if fusion == "joint_authors" else {}
-    model = tiny_model(fusion=fusion.removesuffix("_authors"), **options)
-    set_gates(model, 0.5)
-    move_new_norms(model)
+    model = with_image_weights_moved(fusion)
     inputs = tiny_inputs(model.config)
     if fusion == "concat":  # the cache holds the image positions: the sequence must too (HiveProcessor's placeholders)
         placeholders = torch.full((2, model.config.num_image_tokens), model.config.resolved_image_token_id)
