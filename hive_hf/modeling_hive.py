@@ -670,6 +670,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self._inject_fusion()
         self.post_init()
+        self._plan_image_kv()
         self.copy_image_kv_from_text()
 
     # -- construction ---------------------------------------------------------------------------------------------
@@ -706,6 +707,17 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             else:
                 layer.cross_attn = HiveGatedCrossAttention(self.config.text_config, index)
                 layer.register_forward_pre_hook(_gated_cross_attention_hook, with_kwargs=True)
+
+    def _plan_image_kv(self) -> None:
+        """Tensor parallelism shards the separate image k/v projections as their layer's own k/v: each process then
+        holds the image keys of the same heads as its queries. (Gated cross-attention has no plan: it stays whole on
+        every process, which is correct, only not split.)"""
+        if not self.config.uses_separate_image_kv or not self._tp_plan:
+            return
+        for key, style in list(self._tp_plan.items()):
+            for proj in ("k_proj", "v_proj"):
+                if key.endswith(f".self_attn.{proj}"):
+                    self._tp_plan[f"{key[: -len(proj)]}image_{proj}"] = style
 
     def copy_image_kv_from_text(self) -> None:
         """Separate image k/v projections start as copies of their layer's own k/v projections."""

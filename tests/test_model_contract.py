@@ -1,7 +1,12 @@
 """What every transformers model keeps, kept by ours: outputs, `None` flags, `return_dict`, `shift_labels`,
 `get_image_features`, the tensor-parallel plan, checkpointing, generation from a cache, and pipelines."""
 
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,6 +204,40 @@ def test_llm_parameter_names_and_tp_plan_survive_fusion(fusion):
     assert planned
     unmatched = [n for n in planned if not any(p.match(n) for p in patterns)]
     assert not unmatched, unmatched
+
+
+TENSOR_PARALLEL_SCRIPT = Path(__file__).with_name("torchrun_tensor_parallel.py")
+
+
+@pytest.mark.slow
+def test_tensor_parallel_on_two_processes_gives_the_single_process_logits(tmp_path):
+    """Each fusion, and joint with the authors' separate image k/v (stage 2), loaded with `tp_plan="auto"` on two
+    CPU processes: the LLM is sharded, and logits and greedy tokens are those of one process."""
+    models = {"gated": with_image_weights_moved("gated"), "concat": tiny_model(fusion="concat"),
+              "joint": tiny_model(), "joint_authors_stage2": with_image_weights_moved("joint_authors")}
+    models["joint_authors_stage2"].set_training_stage(2)
+    with torch.no_grad():
+        for param in models["joint_authors_stage2"].parameters():  # the image k/v copies now differ from the text's
+            param.add_(0.05 * torch.randn_like(param))
+    for name, model in models.items():
+        model.eval().save_pretrained(tmp_path / name)
+        inputs = tiny_inputs(model.config)
+        with torch.no_grad():
+            tokens = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+            shapes = {n: tuple(param.shape) for n, param in model.named_parameters()}
+            torch.save((inputs, model(**inputs).logits, tokens, shapes), tmp_path / f"{name}.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(TENSOR_PARALLEL_SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for report in reports:
+        assert set(report) == set(models)
+        for name, result in report.items():
+            assert result["world"] == 2 and result["sharded"] > 0, (name, result)
+            assert result["logits"] < 1e-5 and result["tokens_equal"], (name, result)
+        assert report["joint_authors_stage2"]["sharded_image_kv"] == ["image_k_proj", "image_v_proj"]
 
 
 # -- 8. a list-valued output_hidden_states -----------------------------------------------------------------------------
