@@ -1071,13 +1071,20 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None or loss_kwargs["shift_labels"] is not None:
             loss = ForCausalLMLoss(out.logits, labels, self.config.text_config.vocab_size, **loss_kwargs)
+        hidden_states = out.hidden_states
+        fused_first = self.config.fusion == "gated" and 0 in self.config.cross_attention_layers
+        if fused_first and image_key_values is not None and hidden_states and hidden_states[0] is not None:
+            # the LLM records layer 0's input after the pre-hook added the cross-attention; the first hidden state is
+            # the embeddings, as in every LM
+            embeddings = inputs_embeds if inputs_embeds is not None else self.get_input_embeddings()(input_ids)
+            hidden_states = (embeddings, *hidden_states[1:])
         attentions = out.attentions
         if text_attentions is not None and attentions:  # the fused layers' own (text) attentions, in layer order
             attentions = _merge_layer_outputs(attentions, text_attentions, self.config.cross_attention_layers)
         return HiveCausalLMOutputWithPast(
             loss=loss,
             logits=out.logits,
-            hidden_states=out.hidden_states,
+            hidden_states=hidden_states,
             attentions=attentions,
             image_attentions=tuple(image_attentions) if image_attentions is not None else None,
             image_key_values=image_key_values,

@@ -102,6 +102,22 @@ def test_encoder_returns_the_towers_attentions():
     assert out.attentions[0].shape == (2, 4, 16, 16)
 
 
+@pytest.mark.parametrize("fusion", ["joint", "gated"])
+def test_hidden_states_start_with_the_embeddings_when_layer_0_is_fused(fusion):
+    """`hidden_states[0]` is the input embeddings, as in every transformers LM, also when the first decoder layer
+    takes the image (gated: its cross-attention runs before the layer; the rest are the layers' outputs)."""
+    model = tiny_model(fusion=fusion, cross_attention_layers=[0, 2])
+    set_gates(model, 0.5)
+    inputs = tiny_inputs(model.config)
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        blind = model(input_ids=inputs["input_ids"], output_hidden_states=True)
+    embeddings = model.get_input_embeddings()(inputs["input_ids"])
+    torch.testing.assert_close(out.hidden_states[0], embeddings, atol=0, rtol=0)
+    torch.testing.assert_close(blind.hidden_states[0], embeddings, atol=0, rtol=0)
+    assert not torch.allclose(out.hidden_states[1], blind.hidden_states[1], atol=1e-4)  # layer 0 did see the image
+
+
 # -- 2, 3. `None` flags use the config; return_dict=False ------------------------------------------------------------
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_none_flags_fall_back_to_the_config(fusion):
