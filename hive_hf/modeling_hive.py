@@ -728,6 +728,24 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                     module.image_v_proj.load_state_dict(module.v_proj.state_dict())
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint that holds no language-model weight (an
+        encoder-only HIVE release, a vision tower): the model would otherwise come back with a random LLM and only a
+        missing-keys report."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              **kwargs)
+        missing = set(info.get("missing_keys", ()))
+        llm_keys = {f"language_model.{key}" for key in model.language_model.state_dict()}
+        if missing and llm_keys <= missing:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} holds no language-model weights (an encoder-only checkpoint?): "
+                f"load it with `HiveVisionEncoderModel` or `AutoModel`, or compose it with an LLM through "
+                f"`{cls.__name__}.from_vision_text_pretrained`."
+            )
+        return (model, info) if wants_info else model
+
+    @classmethod
     def from_vision_text_pretrained(
         cls,
         vision_name_or_path: str,

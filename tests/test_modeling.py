@@ -399,6 +399,19 @@ def test_save_and_reload_give_equal_logits(variant, tmp_path):
         assert n1 == n2 and torch.equal(p1, p2)
 
 
+def test_an_encoder_only_checkpoint_does_not_load_as_the_full_model(tmp_path):
+    """An encoder-only release holds no LLM: loading it as the full model is an error, not a random LLM."""
+    model = tiny_model()
+    model.vision_model.save_pretrained(tmp_path / "encoder")
+    for load in (HiveForConditionalGeneration.from_pretrained, AutoModelForImageTextToText.from_pretrained):
+        with pytest.raises(ValueError, match="no language-model weights.*HiveVisionEncoderModel"):
+            load(tmp_path / "encoder")
+    assert type(AutoModel.from_pretrained(tmp_path / "encoder")) is HiveVisionEncoderModel
+    model.save_pretrained(tmp_path / "full")  # a full checkpoint still loads, with its loading report when asked
+    reloaded, info = HiveForConditionalGeneration.from_pretrained(tmp_path / "full", output_loading_info=True)
+    assert type(reloaded) is HiveForConditionalGeneration and not info["missing_keys"]
+
+
 def test_gates_missing_from_a_checkpoint_start_at_zero(tmp_path):
     """transformers 5 runs `_init_weights` on modules the checkpoint does not provide: gates must come back zero."""
     joint = tiny_model(fusion="joint")
