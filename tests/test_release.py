@@ -21,6 +21,7 @@ import torch
 from hub_double import LocalHub
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from PIL import Image
+from safetensors.torch import load_file
 from tiny import tiny_model
 from transformers import AutoProcessor, AutoTokenizer, SiglipImageProcessorPil, TrainingArguments
 
@@ -40,7 +41,7 @@ from hive_hf.release import (
     stage_record_from_folder,
 )
 from hive_hf.tiny_backbones import build_word_tokenizer, write_tiny_backbones
-from hive_hf.training import HiveCaptionCollator, HiveTrainer
+from hive_hf.training import HiveCaptionCollator, HiveTrainer, apply_lora, merge_lora
 from hive_hf.training.arguments import write_training_args
 from hive_hf.training.hub import HiveHubCallback
 
@@ -360,6 +361,44 @@ def test_trainer_pushes_carry_model_code_and_card(hub, published):
     assert_same(loaded["trainer_first_push"]["value"], expected["first_push"])
     assert_same(loaded["trainer_final"]["value"], expected["final"])
     assert not torch.equal(expected["first_push"], expected["final"])
+
+
+def test_a_lora_stage_pushes_the_plain_model_at_every_checkpoint(hub, tmp_path):
+    """Stage 2 with LoRA saves adapters apart from the weights in its checkpoints; each mid-stage push holds the plain
+    model they make (what peft's merge gives), so the tagged revision loads as any other."""
+    shapes = make_shapes_dataset(16, image_size=16, seed=0)
+    model = tiny_model()
+    processor = HiveProcessor.for_model_config(
+        model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}), build_word_tokenizer(shapes["caption"]))
+    initial = {name: param.clone() for name, param in model.language_model.state_dict().items()}
+    apply_lora(model, r=2, alpha=4, dropout=0.0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "stage2"), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-2,
+        save_strategy="steps", save_steps=1, hub_model_id="lora-stage2", use_cpu=True, report_to="none",
+        remove_unused_columns=False, disable_tqdm=True, seed=0,
+    )
+    callback = HiveHubCallback()
+    trainer = HiveTrainer(model=model, args=args, train_dataset=shapes, data_collator=HiveCaptionCollator(processor),
+                          processing_class=processor, stage=2, callbacks=[callback])
+    trainer.train()
+    merge_lora(model)
+    trainer.save_model()
+    callback.push_final(trainer)
+
+    # the reference: checkpoint-1's adapters merged by peft
+    reference = tiny_model()
+    apply_lora(reference, r=2, alpha=4, dropout=0.0)
+    reference.load_state_dict(load_file(tmp_path / "stage2" / "checkpoint-1" / "model.safetensors"), strict=False)
+    merge_lora(reference)
+    pushed = HiveForConditionalGeneration.from_pretrained("user/lora-stage2", revision="checkpoint-1")
+    assert pushed.state_dict().keys() == reference.state_dict().keys()
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(pushed.state_dict()[name], value, atol=0, rtol=0, msg=name)
+    moved = [n for n, v in pushed.language_model.state_dict().items() if not torch.equal(v, initial[n])]
+    assert any(".self_attn.q_proj." in n for n in moved)  # the adapters did change the LLM
+    final = HiveForConditionalGeneration.from_pretrained("user/lora-stage2", revision="stage2")  # a stage folder
+    for name, value in model.state_dict().items():
+        assert torch.equal(final.state_dict()[name], value), name
 
 
 # -- no push ----------------------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 import transformers
 from accelerate.utils import extract_model_from_parallel
-from huggingface_hub import CommitInfo, HfApi, ModelCard
+from huggingface_hub import CommitInfo, HfApi, ModelCard, save_torch_state_dict
+from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
@@ -42,6 +43,7 @@ from ..release.cards import CardOptions, as_hub_id, render_model_card
 from ..release.hub import PICKLE_PATTERNS, pickled_files, tag_commit
 from ..release.records import finished_stages, stage_record_from_folder, stage_record_from_trainer
 from .arguments import check_hub_settings, write_training_args
+from .stages import merged_lora_state_dict
 
 logger = logging.get_logger(__name__)
 
@@ -71,6 +73,12 @@ def write_model_code(model: torch.nn.Module, folder: str | os.PathLike) -> list[
         _write_if_changed(Path(folder) / path.name, path.read_bytes())
         written.append(Path(folder) / path.name)
     return written
+
+
+def _has_lora(model: torch.nn.Module) -> bool:
+    from peft import LoraModel
+
+    return any(isinstance(module, LoraModel) for module in model.modules())
 
 
 def final_tag(args: TrainingArguments) -> str:
@@ -155,6 +163,15 @@ class HubPushCallback(TrainerCallback):
         tag = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         checkpoint, folder = Path(args.output_dir) / tag, Path(args.output_dir)
         skip = {_RESUME_STATE, *pickled_files(checkpoint)}
+        if model is not None and _has_lora(model := extract_model_from_parallel(model)):
+            # a LoRA stage saves its adapters apart from the weights: the push gets the plain model they make
+            weights = list(checkpoint.glob("model*.safetensors*"))
+            skip.update(path.name for path in weights)
+            saved = {}
+            for path in weights:
+                if path.suffix == ".safetensors":
+                    saved.update(load_file(path))
+            save_torch_state_dict(merged_lora_state_dict(saved, model), folder)
         for path in checkpoint.iterdir():
             if path.is_file() and path.name not in skip:
                 shutil.copyfile(path, folder / path.name)

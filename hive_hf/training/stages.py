@@ -161,6 +161,35 @@ def merge_lora(model: torch.nn.Module) -> None:
         model.language_model = model.language_model.merge_and_unload()
 
 
+def merged_lora_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`state_dict`, saved from `model` while it carried LoRA adapters (a mid-stage checkpoint), as the plain model's
+    state dict: each adapted weight is `base + scaling * B @ A`, as `merge_lora` makes it, under its own name again.
+
+    It works on the saved tensors, so `model`'s weights are left exactly as they are (merging and unmerging in place
+    would not), and on gathered checkpoints of sharded runs; `model` gives the adapter names and scalings.
+    """
+    from peft import LoraModel
+    from peft.tuners.lora import LoraLayer
+
+    merged = dict(state_dict)
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        weight = merged.pop(f"{name}.base_layer.weight")
+        for adapter in module.active_adapters:
+            lora_a, lora_b = merged.pop(f"{name}.lora_A.{adapter}.weight"), merged.pop(f"{name}.lora_B.{adapter}.weight")
+            weight = weight + (lora_b.float() @ lora_a.float() * module.scaling[adapter]).to(weight.dtype)
+        merged[f"{name}.weight"] = weight
+        if f"{name}.base_layer.bias" in merged:
+            merged[f"{name}.bias"] = merged.pop(f"{name}.base_layer.bias")
+    wrappers = [f"{name}.model." if name else "model." for name, module in model.named_modules()
+                if isinstance(module, LoraModel)]
+    for prefix in wrappers:  # LoraModel keeps the wrapped model as `.model`
+        merged = {(key.replace(prefix, prefix.removesuffix("model."), 1) if key.startswith(prefix) else key): value
+                  for key, value in merged.items()}
+    return merged
+
+
 def last_complete_checkpoint(folder: str | Path) -> str | None:
     """The newest `checkpoint-<step>` in `folder` that was written to the end, or None.
 
