@@ -2,20 +2,21 @@
 (CPU, gloo) and write, per checkpoint, how far its logits and greedy tokens are from the single-process reference
 saved next to it (`<name>.pt`), to `rank<r>.json` there."""
 
+import inspect
 import json
 import os
 import sys
 from pathlib import Path
 
 import torch
+from transformers.distributed import DistributedConfig
 
 from hive_hf import HiveForConditionalGeneration
 
-try:  # `tp_plan=` moved into `DistributedConfig` (5.16); older releases take it as a keyword
-    from transformers import DistributedConfig
-
-    TENSOR_PARALLEL = {"distributed_config": DistributedConfig(tp_plan="auto")}
-except ImportError:
+# `DistributedConfig` holds the plan from 5.13 (5.15 takes it nowhere else); earlier releases take `tp_plan=` itself
+if "tp_plan" in inspect.signature(DistributedConfig).parameters:
+    TENSOR_PARALLEL = {"distributed_config": DistributedConfig(tp_size=int(os.environ["WORLD_SIZE"]), tp_plan="auto")}
+else:
     TENSOR_PARALLEL = {"tp_plan": "auto"}
 
 
