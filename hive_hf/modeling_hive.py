@@ -729,21 +729,19 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
-        """`PreTrainedModel.from_pretrained`, refusing a checkpoint that holds no language-model weight (an
-        encoder-only HIVE release, a vision tower): the model would otherwise come back with a random LLM and only a
-        missing-keys report."""
-        wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
-                                              **kwargs)
-        missing = set(info.get("missing_keys", ()))
-        llm_keys = {f"language_model.{key}" for key in model.language_model.state_dict()}
-        if missing and llm_keys <= missing:
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint whose config says it is encoder-only
+        (`config.encoder_only`, set by encoder-only releases): the model would otherwise come back with a random LLM
+        and only a missing-keys report. Any other checkpoint loads as with every model, weights it lacks reported in
+        the log and in `output_loading_info`."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if getattr(model.config, "encoder_only", False):  # configs saved before the field existed lack it
             raise ValueError(
-                f"{pretrained_model_name_or_path!r} holds no language-model weights (an encoder-only checkpoint?): "
-                f"load it with `HiveVisionEncoderModel` or `AutoModel`, or compose it with an LLM through "
-                f"`{cls.__name__}.from_vision_text_pretrained`."
+                f"{pretrained_model_name_or_path!r} is an encoder-only HIVE checkpoint (`encoder_only: true` in its "
+                f"config): it holds no language-model weights. Load it with `HiveVisionEncoderModel` or `AutoModel`, "
+                f"or compose it with an LLM through `{cls.__name__}.from_vision_text_pretrained`."
             )
-        return (model, info) if wants_info else model
+        return loaded
 
     @classmethod
     def from_vision_text_pretrained(
