@@ -672,6 +672,10 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         self.post_init()
         self._plan_image_kv()
         self.copy_image_kv_from_text()
+        unused = self._unused_vision_parameters()  # never run by HIVE: frozen from the start, as in every stage
+        for name, param in self.named_parameters():
+            if name in unused:
+                param.requires_grad_(False)
 
     # -- construction ---------------------------------------------------------------------------------------------
     def _decoder_layers(self) -> nn.ModuleList:

@@ -324,6 +324,16 @@ def test_every_parameter_receives_a_gradient(variant):
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
+def test_parameters_hive_never_runs_are_frozen_from_the_start(fusion):
+    """The tower's blocks after the deepest tap, its post norm and pooling head get no gradient in any HIVE forward:
+    they are frozen at construction, as in every training stage, and every other parameter is trainable."""
+    model = tiny_model(fusion=fusion, vision_feature_layers=[1] if fusion == "concat" else [1, 2])
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == model._unused_vision_parameters()
+    assert any(".encoder.layers.3." in n for n in frozen) and any("post_layernorm" in n for n in frozen)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_gradient_checkpointing_gives_the_same_gradients(fusion):
     model = tiny_model(fusion=fusion).train()
     set_gates(model, 0.5)
