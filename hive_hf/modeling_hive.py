@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,14 @@ def _pop_cache(cache: Cache | None, kwargs: dict[str, Any], legacy: Cache | None
     if cache is not None and legacy is not None:
         raise ValueError("Pass the key/value cache once, as `cache` or as `past_key_values`, not both.")
     return cache if cache is not None else legacy
+
+
+def _warn_legacy_cache_name(owner: str) -> None:
+    """A caller passed `past_key_values` to a model: from 5.24 on that name is deprecated, and the library's own
+    models say so (generation itself passes `cache` there); before 5.24 it is the only name."""
+    if CACHE_NAME == "cache":
+        warnings.warn(f"`past_key_values` is deprecated for `{owner}.forward`; use `cache` instead (transformers "
+                      "renamed it in 5.24).", FutureWarning, stacklevel=3)
 
 # Attention implementations the image-joined attention computes itself (it needs an explicit mask with image columns).
 _JOINT_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -1032,6 +1041,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, keyword only):
             Labels already shifted left (sequence/context parallelism); used instead of shifting `labels`.
         """
+        if past_key_values is not None:
+            _warn_legacy_cache_name(type(self).__name__)
         cache = _pop_cache(cache, kwargs, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")

@@ -6,13 +6,14 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from tiny import AUTHORS, FUSIONS, move_new_norms, set_gates, tiny_config, tiny_inputs, tiny_model
-from transformers import AutoModelForCausalLM, SiglipImageProcessorPil, pipeline
+from transformers import AutoModelForCausalLM, DynamicCache, SiglipImageProcessorPil, pipeline
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor, HiveVisionEncoderModel
@@ -293,6 +294,21 @@ def test_reentrant_checkpointing_raises_where_it_cannot_work(fusion):
 
 
 # -- 10. continuing from a cache keeps the image -----------------------------------------------------------------------
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_the_old_cache_name_warns_where_transformers_deprecates_it(fusion):
+    """From 5.24 on `past_key_values` is the deprecated name of `cache`, and the library's models say so when given
+    it; before, it is the only name and nothing is said. Either way the cache is used."""
+    model = tiny_model(fusion=fusion)
+    inputs = tiny_inputs(model.config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = model(**inputs, past_key_values=DynamicCache(), use_cache=True)
+    deprecated = [w for w in caught if "`past_key_values` is deprecated" in str(w.message)]
+    assert len(deprecated) == (1 if CACHE_NAME == "cache" else 0)
+    assert getattr(out, CACHE_NAME).get_seq_length() > 0
+
+
+
 def with_image_weights_moved(fusion: str) -> HiveForConditionalGeneration:
     """A tiny model (`joint_authors`: joint with the authors' options) whose gates and new norms are off their
     init values, so that the image changes what it computes."""
