@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import re
 import warnings
@@ -41,7 +42,7 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -77,6 +78,24 @@ _CACHE_IMAGE_KEY_VALUES = "hive_image_key_values"
 # concat: a cache this model returned after prepending the image records how many image positions it holds before the
 # caller's sequence, so that later outputs stay aligned with that sequence.
 _CACHE_PREPENDED_IMAGE = "hive_prepended_image_tokens"
+
+# Before 5.23, `Cache.crop(max_length)` keeps the first `max_length` positions, and assisted decoding crops the cache to
+# a length counted on the caller's sequence; from 5.23 on, `crop(tokens_to_remove)` removes positions from the end.
+_CROP_KEEPS_A_LENGTH = "max_length" in inspect.signature(DynamicCache.crop).parameters
+
+
+def _crop_after_prepended_image(cache: Cache, prepended: int) -> None:
+    """On releases whose `crop` keeps a length (`_CROP_KEEPS_A_LENGTH`), make `cache.crop` count that length on the
+    caller's sequence, after the `prepended` image positions the cache holds first (concat), so that cropping never
+    cuts into the image."""
+    if not _CROP_KEEPS_A_LENGTH:
+        return
+    crop = cache.crop
+
+    def crop_after_image(max_length: int) -> None:
+        crop(max_length + prepended if max_length >= 0 else max_length)  # a negative length counts from the end
+
+    cache.crop = crop_after_image
 
 
 def _pop_cache(cache: Cache | None, kwargs: dict[str, Any], legacy: Cache | None = None) -> Cache | None:
@@ -1254,6 +1273,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             logits = logits[:, prepended:]  # aligned with input_ids
         out_cache = getattr(out, CACHE_NAME)
         if out_cache is not None and hidden_prefix:
+            if prepended and not getattr(out_cache, _CACHE_PREPENDED_IMAGE, 0):
+                _crop_after_prepended_image(out_cache, prepended)
             setattr(out_cache, _CACHE_PREPENDED_IMAGE, hidden_prefix)
         hidden_states = out.hidden_states
         if prepended and hidden_states:
