@@ -20,3 +20,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collectstart(collector):
+    """Before the module of transformers' common tests imports them: accept the markers they use."""
+    if isinstance(collector, pytest.Module) and collector.path.name == "test_transformers_common.py":
+        from release_tests import marker_names
+
+        for name in sorted(marker_names()):
+            collector.config.addinivalue_line("markers", f"{name}: used by transformers' own tests")
