@@ -27,5 +27,9 @@ def pytest_collectstart(collector):
     if isinstance(collector, pytest.Module) and collector.path.name == "test_transformers_common.py":
         from release_tests import marker_names
 
-        for name in sorted(marker_names()):
+        try:
+            names = marker_names()
+        except (RuntimeError, FileNotFoundError):  # no release tests to read: the module's import fails on the same
+            return  # error, reported as that module's collection error while the rest of the suite runs
+        for name in sorted(names):
             collector.config.addinivalue_line("markers", f"{name}: used by transformers' own tests")
