@@ -156,6 +156,9 @@ class HiveConfig(PreTrainedConfig):
             vocabulary size (an id no tokenizer emits unless a processor adds it).
         training_stage (`int`, *optional*):
             The pre-training stage (1, 2 or 3) these weights come from, recorded by the trainer.
+        encoder_only (`bool`, *optional*, defaults to `False`):
+            Whether a checkpoint holds the vision encoder alone (an encoder-only release, written by `hive-release`):
+            `HiveForConditionalGeneration.from_pretrained` refuses it instead of building a random LLM around it.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Std of the normal init of new connector weights.
 
@@ -193,6 +196,7 @@ class HiveConfig(PreTrainedConfig):
         llm_train_scope: str = "all",
         image_token_id: int | None = None,
         training_stage: int | None = None,
+        encoder_only: bool = False,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ):
@@ -222,6 +226,7 @@ class HiveConfig(PreTrainedConfig):
         self.llm_train_scope = llm_train_scope
         self.image_token_id = image_token_id
         self.training_stage = training_stage
+        self.encoder_only = encoder_only
         self.initializer_range = initializer_range
         # The LLM's own tying decides ours (MobileLLM ties its embeddings).
         kwargs["tie_word_embeddings"] = bool(getattr(self.text_config, "tie_word_embeddings", False))

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +42,7 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -73,6 +75,27 @@ CHECKPOINTING = (
 # joint/gated: a cache this model returns carries the image keys/values under this attribute, so that continuing a
 # generation from it keeps the image (concat keeps it anyway: its image tokens are in the cache).
 _CACHE_IMAGE_KEY_VALUES = "hive_image_key_values"
+# concat: a cache this model returned after prepending the image records how many image positions it holds before the
+# caller's sequence, so that later outputs stay aligned with that sequence.
+_CACHE_PREPENDED_IMAGE = "hive_prepended_image_tokens"
+
+# Before 5.23, `Cache.crop(max_length)` keeps the first `max_length` positions, and assisted decoding crops the cache to
+# a length counted on the caller's sequence; from 5.23 on, `crop(tokens_to_remove)` removes positions from the end.
+_CROP_KEEPS_A_LENGTH = "max_length" in inspect.signature(DynamicCache.crop).parameters
+
+
+def _crop_after_prepended_image(cache: Cache, prepended: int) -> None:
+    """On releases whose `crop` keeps a length (`_CROP_KEEPS_A_LENGTH`), make `cache.crop` count that length on the
+    caller's sequence, after the `prepended` image positions the cache holds first (concat), so that cropping never
+    cuts into the image."""
+    if not _CROP_KEEPS_A_LENGTH:
+        return
+    crop = cache.crop
+
+    def crop_after_image(max_length: int) -> None:
+        crop(max_length + prepended if max_length >= 0 else max_length)  # a negative length counts from the end
+
+    cache.crop = crop_after_image
 
 
 def _pop_cache(cache: Cache | None, kwargs: dict[str, Any], legacy: Cache | None = None) -> Cache | None:
@@ -81,6 +104,14 @@ def _pop_cache(cache: Cache | None, kwargs: dict[str, Any], legacy: Cache | None
     if cache is not None and legacy is not None:
         raise ValueError("Pass the key/value cache once, as `cache` or as `past_key_values`, not both.")
     return cache if cache is not None else legacy
+
+
+def _warn_legacy_cache_name(owner: str) -> None:
+    """A caller passed `past_key_values` to a model: from 5.24 on that name is deprecated, and the library's own
+    models say so (generation itself passes `cache` there); before 5.24 it is the only name."""
+    if CACHE_NAME == "cache":
+        warnings.warn(f"`past_key_values` is deprecated for `{owner}.forward`; use `cache` instead (transformers "
+                      "renamed it in 5.24).", FutureWarning, stacklevel=3)
 
 # Attention implementations the image-joined attention computes itself (it needs an explicit mask with image columns).
 _JOINT_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -162,6 +193,10 @@ class HiveCausalLMOutputWithPast(ModelOutput):
     image_key_values (`tuple(tuple(torch.FloatTensor))`, *optional*):
         joint/gated: per fused layer the image `(key, value)`, each `(batch_size, num_kv_heads, num_image_tokens,
         head_dim)`; pass them back instead of `pixel_values` to skip the encoder (what `generate` does).
+    image_outputs (`BaseModelOutputWithPooling`, *optional*):
+        When `pixel_values` are given: what `get_image_features` returns for them (`pooler_output`: one entry per
+        image, what the LLM receives; the tower's `hidden_states` / `attentions` when asked), as transformers' VLMs
+        return it.
     """
 
     loss: torch.FloatTensor | None = None
@@ -174,6 +209,7 @@ class HiveCausalLMOutputWithPast(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_attentions: tuple[torch.FloatTensor, ...] | None = None
     image_key_values: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -236,10 +272,13 @@ def _attend(
     scaling: float,
     dropout: float,
     need_weights: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    split: int = 0,
+) -> tuple[torch.Tensor, Any]:
     """Attention with a boolean `allowed` mask (True = attend). q: (B, H, T, D); k, v: (B, H_kv, S, D).
 
-    Returns the output as (B, T, H, D) and, when `need_weights`, the softmax weights (B, H, T, S).
+    Returns the output as (B, T, H, D) and, when `need_weights`, the softmax weights (B, H, T, S); with `split`, those
+    as two parts, over the first `split` keys and over the others, from which the output is computed, so that each
+    part a caller returns is on the way to the output (its gradient can be read, as of any model's attentions).
     """
     groups = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
@@ -252,8 +291,13 @@ def _attend(
     if allowed is not None:
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(nn.functional.dropout(weights, p=dropout), value)
-    return out.transpose(1, 2), weights
+    if not split:
+        out = torch.matmul(nn.functional.dropout(weights, p=dropout), value)
+        return out.transpose(1, 2), weights
+    parts = (weights[..., :split], weights[..., split:])
+    values = value.split([split, value.shape[2] - split], dim=2)
+    out = sum(torch.matmul(nn.functional.dropout(w, p=dropout), v) for w, v in zip(parts, values))
+    return out.transpose(1, 2), parts
 
 
 def _allowed_text_keys(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device):
@@ -425,11 +469,11 @@ class HiveJointAttention(nn.Module):
             key = torch.cat([image_key.to(key.dtype), key], dim=2)  # (B, H_kv, N + S, D)
             value = torch.cat([image_value.to(value.dtype), value], dim=2)
             need_weights = hive_attentions is not None or self.config._attn_implementation == "eager"
-            out, weights = _attend(query, key, value, allowed, self.scaling, dropout, need_weights)
-            if hive_attentions is not None:
-                hive_attentions.append(weights[..., :num_image])
+            out, weights = _attend(query, key, value, allowed, self.scaling, dropout, need_weights, split=num_image)
             if weights is not None:  # the layer's own attentions are over its text keys, as the plain LLM's
-                weights = weights[..., num_image:]
+                image_weights, weights = weights
+                if hive_attentions is not None:
+                    hive_attentions.append(image_weights)
         if hive_text_attentions is not None:  # the LLM records its own attention modules only, not this one
             hive_text_attentions.append(weights)
         out = self.o_proj(out.reshape(*input_shape, -1).contiguous())
@@ -672,6 +716,10 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         self.post_init()
         self._plan_image_kv()
         self.copy_image_kv_from_text()
+        unused = self._unused_vision_parameters()  # never run by HIVE: frozen from the start, as in every stage
+        for name, param in self.named_parameters():
+            if name in unused:
+                param.requires_grad_(False)
 
     # -- construction ---------------------------------------------------------------------------------------------
     def _decoder_layers(self) -> nn.ModuleList:
@@ -729,21 +777,19 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
-        """`PreTrainedModel.from_pretrained`, refusing a checkpoint that holds no language-model weight (an
-        encoder-only HIVE release, a vision tower): the model would otherwise come back with a random LLM and only a
-        missing-keys report."""
-        wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
-                                              **kwargs)
-        missing = set(info.get("missing_keys", ()))
-        llm_keys = {f"language_model.{key}" for key in model.language_model.state_dict()}
-        if missing and llm_keys <= missing:
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint whose config says it is encoder-only
+        (`config.encoder_only`, set by encoder-only releases): the model would otherwise come back with a random LLM
+        and only a missing-keys report. Any other checkpoint loads as with every model, weights it lacks reported in
+        the log and in `output_loading_info`."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if getattr(model.config, "encoder_only", False):  # configs saved before the field existed lack it
             raise ValueError(
-                f"{pretrained_model_name_or_path!r} holds no language-model weights (an encoder-only checkpoint?): "
-                f"load it with `HiveVisionEncoderModel` or `AutoModel`, or compose it with an LLM through "
-                f"`{cls.__name__}.from_vision_text_pretrained`."
+                f"{pretrained_model_name_or_path!r} is an encoder-only HIVE checkpoint (`encoder_only: true` in its "
+                f"config): it holds no language-model weights. Load it with `HiveVisionEncoderModel` or `AutoModel`, "
+                f"or compose it with an LLM through `{cls.__name__}.from_vision_text_pretrained`."
             )
-        return (model, info) if wants_info else model
+        return loaded
 
     @classmethod
     def from_vision_text_pretrained(
@@ -906,15 +952,19 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         """
         if self.config.fusion == "concat":
             raise ValueError("fusion='concat' puts image tokens into the sequence; it has no image key/values.")
-        projected = self.get_image_features(pixel_values, return_dict=True).pooler_output
+        return self._image_key_values(self.get_image_features(pixel_values, return_dict=True).pooler_output)
+
+    def _image_key_values(self, projected: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """`get_image_key_values` from `get_image_features(...).pooler_output`, `(B, num_taps * N, D_text)`."""
+        projected = projected.unflatten(1, (len(self.config.vision_feature_layers), -1))  # (B, taps, N, D_text)
         layers = self._decoder_layers()
         separate = self.config.image_kv_for_stage(self.config.training_stage) == "separate"
         rotary = None
         if self.config.fusion == "joint" and self.config.image_rope != "none":
             rotary = image_rotary(self._rotary_embedding(), self.get_input_embeddings().weight,
-                                  projected[0].shape[1], self.config.image_position, self.config.image_rope)
+                                  projected.shape[2], self.config.image_position, self.config.image_rope)
         image_kv = []
-        for features, layer_idx in zip(projected, self.config.cross_attention_layers):
+        for features, layer_idx in zip(projected.unbind(1), self.config.cross_attention_layers):
             layer = layers[layer_idx]
             if self.config.fusion == "joint":
                 normed = layer.input_layernorm(features)  # the layer's own frozen norm, as for its text
@@ -964,10 +1014,12 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         r"""
         What the LLM receives from each image, by fusion:
 
-        - `pooler_output`: concat, the projected vision tokens that enter the LLM sequence, `(batch_size, num_patches,
-          text_hidden_size)`; joint/gated, a tuple with one such tensor per tapped layer (`vision_feature_layers`
-          order): that layer's projector output, from which the paired LLM layer (`cross_attention_layers`) forms the
-          image keys/values (joint: after that layer's own input norm).
+        - `pooler_output`: one `(tokens, text_hidden_size)` entry per image, as every transformers VLM returns it
+          (generation expands it per beam along the batch). concat: the projected vision tokens that enter the LLM
+          sequence, `(batch_size, num_patches, text_hidden_size)`; joint/gated: `(batch_size, num_taps * num_patches,
+          text_hidden_size)`, the tapped layers' projector outputs one after another (`vision_feature_layers` order),
+          from each of which the paired LLM layer (`cross_attention_layers`) forms the image keys/values (joint: after
+          that layer's own input norm).
         - `last_hidden_state`: the deepest tapped encoder layer, `(batch_size, num_patches, vision_hidden_size)`.
         - `hidden_states` / `attentions`: the tower's, when asked (`None` uses the config); otherwise no block beyond
           the deepest tapped layer runs.
@@ -985,10 +1037,10 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         else:
             features = self._vision_features(pixel_values)
         dtype = self.get_input_embeddings().weight.dtype
-        projected = tuple(projector(f).to(dtype) for f, projector in zip(features, self.projectors))  # (B, N, D_text)
+        projected = [projector(f).to(dtype) for f, projector in zip(features, self.projectors)]  # each (B, N, D_text)
         return BaseModelOutputWithPooling(
             last_hidden_state=features[-1],
-            pooler_output=projected[0] if self.config.fusion == "concat" else projected,
+            pooler_output=projected[0] if self.config.fusion == "concat" else torch.cat(projected, dim=1),
             hidden_states=hidden_states,
             attentions=attentions,
         )
@@ -1030,6 +1082,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, keyword only):
             Labels already shifted left (sequence/context parallelism); used instead of shifting `labels`.
         """
+        if past_key_values is not None:
+            _warn_legacy_cache_name(type(self).__name__)
         cache = _pop_cache(cache, kwargs, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -1049,15 +1103,21 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         }
         loss_kwargs = {"num_items_in_batch": kwargs.pop("num_items_in_batch", None),
                        "shift_labels": kwargs.pop("shift_labels", None)}
+        image_outputs = None
+        if pixel_values is not None:  # the tower's hidden states / attentions only when asked: they run every block
+            image_outputs = self.get_image_features(
+                pixel_values, output_hidden_states=flags["output_hidden_states"] is True,
+                output_attentions=bool(flags["output_attentions"]), return_dict=True,
+            )
         if self.config.fusion == "concat":
             return self._forward_concat(
-                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                input_ids=input_ids, image_outputs=image_outputs, attention_mask=attention_mask,
                 position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds, labels=labels,
                 use_cache=use_cache, logits_to_keep=logits_to_keep, loss_kwargs=loss_kwargs, **flags, **kwargs,
             )
 
-        if pixel_values is not None:
-            image_key_values = self.get_image_key_values(pixel_values)
+        if image_outputs is not None:
+            image_key_values = self._image_key_values(image_outputs.pooler_output)
         elif image_key_values is None and cache is not None:  # continuing from a cache this model returned
             image_key_values = getattr(cache, _CACHE_IMAGE_KEY_VALUES, None)
         record = flags["output_attentions"]
@@ -1072,8 +1132,9 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             kwargs.update(hive_image_kv=image_key_values, hive_attentions=image_attentions,
                           hive_text_placement=placement)
         kwargs[CACHE_NAME] = cache
+        if inputs_embeds is None:  # ours, so that `hidden_states[0]` is the very tensor the LLM computes from
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
         out = self.language_model(
-            input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
@@ -1094,11 +1155,13 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if fused_first and image_key_values is not None and hidden_states and hidden_states[0] is not None:
             # the LLM records layer 0's input after the pre-hook added the cross-attention; the first hidden state is
             # the embeddings, as in every LM
-            embeddings = inputs_embeds if inputs_embeds is not None else self.get_input_embeddings()(input_ids)
-            hidden_states = (embeddings, *hidden_states[1:])
+            hidden_states = (inputs_embeds, *hidden_states[1:])
         attentions = out.attentions
-        if text_attentions is not None and attentions:  # the fused layers' own (text) attentions, in layer order
-            attentions = _merge_layer_outputs(attentions, text_attentions, self.config.cross_attention_layers)
+        # the fused layers' own (text) attentions, which the LLM does not record, in layer order, when the LLM recorded
+        # its other layers' (an sdpa LLM computes no weights)
+        recorded = len(attentions or ()) + len(text_attentions or ())
+        if text_attentions and recorded == self.config.text_config.num_hidden_layers:
+            attentions = _merge_layer_outputs(attentions or (), text_attentions, self.config.cross_attention_layers)
         return HiveCausalLMOutputWithPast(
             loss=loss,
             logits=out.logits,
@@ -1106,6 +1169,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             attentions=attentions,
             image_attentions=tuple(image_attentions) if image_attentions is not None else None,
             image_key_values=image_key_values,
+            image_outputs=image_outputs,
             **{CACHE_NAME: out_cache},
         )
 
@@ -1113,7 +1177,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         self,
         *,
         input_ids: torch.LongTensor | None,
-        pixel_values: torch.FloatTensor | None,
+        image_outputs: BaseModelOutputWithPooling | None,
         attention_mask: torch.Tensor | None,
         position_ids: torch.LongTensor | None,
         cache: Cache | None,
@@ -1126,7 +1190,11 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         loss_kwargs: dict[str, Any],
         **kwargs: Any,
     ) -> HiveCausalLMOutputWithPast:
-        """SA baseline: vision tokens at the image placeholder positions, or prepended when there are none."""
+        """SA baseline: vision tokens at the image placeholder positions, or prepended when there are none.
+
+        Prepended image tokens are not in the caller's sequence, so no output covers them: logits, hidden states and
+        attentions are aligned with `input_ids` (attentions over its positions as keys; the weights on the image
+        tokens are `image_attentions`), at the prefill and at every later step from the returned cache."""
         image_token_id = self.config.resolved_image_token_id
         is_image = input_ids == image_token_id if input_ids is not None else None
         if inputs_embeds is None:
@@ -1144,8 +1212,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
 
         prepended = 0
         image_positions = None
-        if pixel_values is not None:
-            image_embeds = self.get_image_features(pixel_values, return_dict=True).pooler_output  # (B, N, D)
+        if image_outputs is not None:
+            image_embeds = image_outputs.pooler_output  # (B, N, D)
             num_image = image_embeds.shape[1]
             found = int(is_image.sum()) if is_image is not None else 0
             if found == 0:
@@ -1170,6 +1238,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 attention_mask = torch.cat([attention_mask.new_ones(batch, pad), attention_mask], dim=1)
                 position_ids = None
 
+        # image positions before the caller's sequence: prepended now, or held by the cache from a prepending prefill
+        hidden_prefix = prepended or (getattr(cache, _CACHE_PREPENDED_IMAGE, 0) if cache is not None else 0)
         weights_available = self.config.text_config._attn_implementation == "eager"
         if output_attentions and not weights_available:
             logger.warning_once(
@@ -1201,23 +1271,33 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                                    num_items_in_batch=loss_kwargs["num_items_in_batch"], shift_labels=shift_labels)
         if prepended and logits.shape[1] == inputs_embeds.shape[1]:
             logits = logits[:, prepended:]  # aligned with input_ids
+        out_cache = getattr(out, CACHE_NAME)
+        if out_cache is not None and hidden_prefix:
+            if prepended and not getattr(out_cache, _CACHE_PREPENDED_IMAGE, 0):
+                _crop_after_prepended_image(out_cache, prepended)
+            setattr(out_cache, _CACHE_PREPENDED_IMAGE, hidden_prefix)
+        hidden_states = out.hidden_states
+        if prepended and hidden_states:
+            hidden_states = tuple(h[:, prepended:] if h is not None else None for h in hidden_states)
 
-        image_attentions = None
-        if output_attentions and weights_available and pixel_values is not None:
-            if prepended:
-                image_attentions = tuple(a[:, :, prepended:, :prepended] for a in out.attentions)
-            else:
+        attentions, image_attentions = out.attentions, None
+        if output_attentions and weights_available and attentions:
+            if hidden_prefix:  # (B, H, T, prefix + S): the image keys first, then the caller's
+                image_attentions = tuple(a[:, :, prepended:, :hidden_prefix] for a in attentions)
+                attentions = tuple(a[:, :, prepended:, hidden_prefix:] for a in attentions)
+            elif image_positions is not None:
                 index = image_positions[:, None, None, :]  # (B, 1, 1, N)
                 image_attentions = tuple(
-                    a.gather(-1, index.expand(*a.shape[:3], index.shape[-1])) for a in out.attentions
+                    a.gather(-1, index.expand(*a.shape[:3], index.shape[-1])) for a in attentions
                 )
         return HiveCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
+            hidden_states=hidden_states,
+            attentions=attentions,
             image_attentions=image_attentions,
-            **{CACHE_NAME: getattr(out, CACHE_NAME)},
+            image_outputs=image_outputs,
+            **{CACHE_NAME: out_cache},
         )
 
     # -- generation ----------------------------------------------------------------------------------------------

@@ -6,13 +6,14 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from tiny import AUTHORS, FUSIONS, move_new_norms, set_gates, tiny_config, tiny_inputs, tiny_model
-from transformers import AutoModelForCausalLM, SiglipImageProcessorPil, pipeline
+from transformers import AutoModelForCausalLM, DynamicCache, SiglipImageProcessorPil, pipeline
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor, HiveVisionEncoderModel
@@ -48,11 +49,12 @@ def test_attentions_have_one_entry_per_llm_layer(fusion):
     out = model(**inputs, output_attentions=True)
     layers = model.config.text_config.num_hidden_layers
     assert len(out.attentions) == layers
-    text = 7 + (model.config.num_image_tokens if fusion == "concat" else 0)  # concat: image tokens prepended
-    for weights in out.attentions:
-        assert weights.shape == (2, 4, text, text)
-    if fusion == "joint":  # a fused layer's softmax covers image and text keys: the two parts make up each row
-        for i, layer in enumerate(model.config.cross_attention_layers):
+    for weights in out.attentions:  # concat: over the caller's sequence, not the image tokens prepended to it
+        assert weights.shape == (2, 4, 7, 7)
+    # a fused layer's softmax covers image and text keys (concat: every layer's): the two parts make up each row
+    fused = range(layers) if fusion == "concat" else model.config.cross_attention_layers
+    if fusion != "gated":
+        for i, layer in enumerate(fused):
             total = out.attentions[layer].sum(-1) + out.image_attentions[i].sum(-1)
             torch.testing.assert_close(total, torch.ones_like(total))
 
@@ -91,6 +93,85 @@ def test_assisted_decoding_runs_and_matches_greedy(fusion):
                               output_attentions=True, return_dict_in_generate=True)
     assert torch.equal(assisted.sequences, greedy)
     assert assisted.attentions
+
+
+def every_layer_fused(fusion: str, gates: float = 0.0) -> HiveForConditionalGeneration:
+    """A 2-layer LLM whose every layer is fused (concat: a 2-layer LLM), built as transformers' common tests build
+    models that return attentions: `_from_config(config, attn_implementation="eager")`."""
+    layers = {"vision_feature_layers": [4]} if fusion == "concat" else \
+        {"vision_feature_layers": [2, 4], "cross_attention_layers": [0, 1]}
+    config = tiny_config(fusion=fusion, **layers)
+    config.text_config.num_hidden_layers = 2
+    torch.manual_seed(0)
+    model = HiveForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
+    set_gates(model, gates)
+    return model
+
+
+@pytest.mark.parametrize("fusion, gates", [("joint", 0.0), ("gated", 0.0), ("gated", 0.5)])
+def test_attentions_and_hidden_states_keep_their_gradients_when_every_layer_is_fused(fusion, gates):
+    """One attention entry per LLM layer also when every layer is fused, and the first hidden state and attentions
+    are the tensors the outputs are computed from: their gradients can be read (`retain_grad`)."""
+    model = every_layer_fused(fusion, gates)
+    out = model(**tiny_inputs(model.config), output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == 2 and len(out.hidden_states) == 3
+    assert all(weights.shape == (2, 4, 7, 7) for weights in out.attentions)
+    first, weights = out.hidden_states[0], out.attentions[0]
+    first.retain_grad()
+    weights.retain_grad()
+    out.logits.flatten()[0].backward()
+    assert first.grad is not None and weights.grad is not None
+
+
+GENERATE_EVERYTHING = {"output_scores": True, "output_logits": True, "output_attentions": True,
+                       "output_hidden_states": True, "return_dict_in_generate": True}
+
+
+def check_generate_outputs(out, prompt: torch.Tensor, new: int, layers: int, batch: int) -> None:
+    """As transformers' generation tests check them: the sequences are the caller's prompt followed by `new` tokens,
+    with one score, logit, attention and hidden-state entry per new token, each over the caller's sequence."""
+    length = prompt.shape[1]
+    assert torch.equal(out.sequences[:, :length], prompt.repeat_interleave(batch // prompt.shape[0], dim=0))
+    assert out.sequences.shape == (batch, length + new)
+    assert len(out.scores) == len(out.logits) == len(out.attentions) == len(out.hidden_states) == new
+    for step, (attentions, hidden_states) in enumerate(zip(out.attentions, out.hidden_states)):
+        queries = length if step == 0 else 1
+        assert len(attentions) == layers and len(hidden_states) == layers + 1
+        assert all(a.shape == (batch, 4, queries, length + step) for a in attentions), [a.shape for a in attentions]
+        assert all(h.shape == (batch, queries, 32) for h in hidden_states)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample", "beam"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_generate_outputs_cover_the_callers_sequence(fusion, mode):
+    """concat prepends the image when the text has no placeholders; generate's outputs still describe the caller's
+    sequence alone, as they do for joint and gated."""
+    model = every_layer_fused(fusion, gates=0.5)
+    inputs = tiny_inputs(model.config)
+    kwargs = {"greedy": {}, "sample": {"do_sample": True}, "beam": {"num_beams": 2, "num_return_sequences": 2}}[mode]
+    torch.manual_seed(0)
+    out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, **GENERATE_EVERYTHING, **kwargs)
+    batch = 2 * kwargs.get("num_return_sequences", 1)
+    if mode == "beam":  # beam outputs hold the beams of every step; the sequences are still prompt + new tokens
+        assert torch.equal(out.sequences[:, :7], inputs["input_ids"].repeat_interleave(2, dim=0))
+        assert out.sequences.shape == (batch, 10) and len(out.scores) == 3
+        assert all(a.shape[-1] == 7 + step for step, layers in enumerate(out.attentions) for a in layers)
+    else:
+        check_generate_outputs(out, inputs["input_ids"], new=3, layers=2, batch=batch)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_assisted_decoding_returns_every_output_when_every_layer_is_fused(fusion):
+    model = every_layer_fused(fusion, gates=0.5)
+    inputs = {k: v[:1] for k, v in tiny_inputs(model.config).items()}
+    greedy = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, **GENERATE_EVERYTHING)
+    model.generation_config.num_assistant_tokens = 2
+    model.generation_config.num_assistant_tokens_schedule = "constant"
+    assisted = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, assistant_model=model,
+                              **GENERATE_EVERYTHING)
+    assert torch.equal(assisted.sequences, greedy.sequences)
+    for out in (greedy, assisted):
+        check_generate_outputs(out, inputs["input_ids"], new=4, layers=2, batch=1)
 
 
 def test_encoder_returns_the_towers_attentions():
@@ -197,13 +278,27 @@ def test_get_image_features_follows_the_contract(fusion):
     projected = [model.projectors[i](taps[layer]) for i, layer in enumerate(config.vision_feature_layers)]
     if fusion == "concat":
         torch.testing.assert_close(out.pooler_output, projected[0])
-    else:
-        assert len(out.pooler_output) == len(config.vision_feature_layers)
-        for ours, expected in zip(out.pooler_output, projected):
-            torch.testing.assert_close(ours, expected)
+    else:  # per image, the tapped layers' projected tokens one after another
+        torch.testing.assert_close(out.pooler_output, torch.cat(projected, dim=1))
     assert out.hidden_states is None
     assert len(full.hidden_states) == config.vision_config.num_hidden_layers + 1
     torch.testing.assert_close(as_tuple[0], out.last_hidden_state)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_image_features_have_one_entry_per_image(fusion):
+    """`pooler_output` has one `(tokens, width)` entry per image, whatever the number of tapped layers, as
+    transformers' VLMs return it (generation expands it per beam along the batch); the forward returns it as
+    `image_outputs`."""
+    model = tiny_model(fusion=fusion)
+    inputs = tiny_inputs(model.config, batch=3)
+    with torch.no_grad():
+        pooled = model.get_image_features(inputs["pixel_values"]).pooler_output
+        out = model(**inputs)
+    taps = len(model.config.vision_feature_layers)
+    assert len(pooled) == 3
+    assert pooled[0].shape == (taps * model.config.num_image_tokens, model.config.text_config.hidden_size)
+    torch.testing.assert_close(out.image_outputs.pooler_output, pooled)
 
 
 # -- 6. the LLM keeps its names: checkpoint keys and tensor-parallel plan -----------------------------------------------
@@ -293,6 +388,21 @@ def test_reentrant_checkpointing_raises_where_it_cannot_work(fusion):
 
 
 # -- 10. continuing from a cache keeps the image -----------------------------------------------------------------------
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_the_old_cache_name_warns_where_transformers_deprecates_it(fusion):
+    """From 5.24 on `past_key_values` is the deprecated name of `cache`, and the library's models say so when given
+    it; before, it is the only name and nothing is said. Either way the cache is used."""
+    model = tiny_model(fusion=fusion)
+    inputs = tiny_inputs(model.config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = model(**inputs, past_key_values=DynamicCache(), use_cache=True)
+    deprecated = [w for w in caught if "`past_key_values` is deprecated" in str(w.message)]
+    assert len(deprecated) == (1 if CACHE_NAME == "cache" else 0)
+    assert getattr(out, CACHE_NAME).get_seq_length() > 0
+
+
+
 def with_image_weights_moved(fusion: str) -> HiveForConditionalGeneration:
     """A tiny model (`joint_authors`: joint with the authors' options) whose gates and new norms are off their
     init values, so that the image changes what it computes."""

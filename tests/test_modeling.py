@@ -324,6 +324,16 @@ def test_every_parameter_receives_a_gradient(variant):
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
+def test_parameters_hive_never_runs_are_frozen_from_the_start(fusion):
+    """The tower's blocks after the deepest tap, its post norm and pooling head get no gradient in any HIVE forward:
+    they are frozen at construction, as in every training stage, and every other parameter is trainable."""
+    model = tiny_model(fusion=fusion, vision_feature_layers=[1] if fusion == "concat" else [1, 2])
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == model._unused_vision_parameters()
+    assert any(".encoder.layers.3." in n for n in frozen) and any("post_layernorm" in n for n in frozen)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_gradient_checkpointing_gives_the_same_gradients(fusion):
     model = tiny_model(fusion=fusion).train()
     set_gates(model, 0.5)
@@ -403,6 +413,9 @@ def test_an_encoder_only_checkpoint_does_not_load_as_the_full_model(tmp_path):
     """An encoder-only release holds no LLM: loading it as the full model is an error, not a random LLM."""
     model = tiny_model()
     model.vision_model.save_pretrained(tmp_path / "encoder")
+    config = HiveConfig.from_pretrained(tmp_path / "encoder")
+    config.encoder_only = True  # as an encoder-only release writes it
+    config.save_pretrained(tmp_path / "encoder")
     for load in (HiveForConditionalGeneration.from_pretrained, AutoModelForImageTextToText.from_pretrained):
         with pytest.raises(ValueError, match="no language-model weights.*HiveVisionEncoderModel"):
             load(tmp_path / "encoder")
@@ -410,6 +423,22 @@ def test_an_encoder_only_checkpoint_does_not_load_as_the_full_model(tmp_path):
     model.save_pretrained(tmp_path / "full")  # a full checkpoint still loads, with its loading report when asked
     reloaded, info = HiveForConditionalGeneration.from_pretrained(tmp_path / "full", output_loading_info=True)
     assert type(reloaded) is HiveForConditionalGeneration and not info["missing_keys"]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_a_checkpoint_missing_weights_loads_with_a_missing_keys_report(fusion, tmp_path):
+    """Only a config that says encoder-only is refused: any other checkpoint that lacks weights (here the base model,
+    the encoder, saved alone, as transformers' own tests do) loads as every model does, with the weights it lacks in
+    the loading report, and the weights it has in place."""
+    model = tiny_model(fusion=fusion)
+    model.base_model.save_pretrained(tmp_path)
+    loaded, info = HiveForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert type(loaded) is HiveForConditionalGeneration
+    assert info["missing_keys"] and all(not key.startswith("vision_model.") for key in info["missing_keys"])
+    assert any(key.startswith("language_model.") for key in info["missing_keys"])
+    for name, param in model.vision_model.state_dict().items():
+        assert torch.equal(loaded.vision_model.state_dict()[name], param)
+    assert isinstance(HiveForConditionalGeneration.from_pretrained(tmp_path), HiveForConditionalGeneration)
 
 
 def test_gates_missing_from_a_checkpoint_start_at_zero(tmp_path):

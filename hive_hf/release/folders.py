@@ -84,6 +84,7 @@ def write_stage_folders(
     encoder = HiveVisionEncoderModel.from_pretrained(stage_dir)
     _name_backbones(encoder.config, options)
     encoder.config.auto_map = {k: v for k, v in encoder.config.auto_map.items() if k in _ENCODER_AUTO_CLASSES}
+    encoder.config.encoder_only = True  # the full model's from_pretrained refuses it
     image_processor = _plain_image_processor(processor.image_processor)
     if "encoder" in folders:
         folder = folders["encoder"]
