@@ -8,6 +8,7 @@ This file is shipped to the Hub next to the weights, so it imports nothing but t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -37,6 +38,32 @@ _AUTO_MAP = {
 }
 
 _CLASS_TOKEN_VISION_TYPES = frozenset({"clip_vision_model", "altclip_vision_model", "chinese_clip_vision_model"})
+
+
+@dataclass(frozen=True)
+class VisionTokenLayout:
+    """What a vision tower outputs per image: `class_tokens` leading tokens (CLIP's class token), then a
+    `grid[0] x grid[1]` patch grid in row-major order. The one place that answers "has this tower a class token,
+    what is its patch grid"; `vision_token_layout(config)` builds it from a vision config."""
+
+    class_tokens: int
+    grid: tuple[int, int]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.class_tokens + self.num_patches
+
+
+def vision_token_layout(vision_config: PreTrainedConfig) -> VisionTokenLayout:
+    """The token layout of a ViT vision config (SigLIP, CLIP, ...; a two-tower config's vision half): one class
+    token for the CLIP family, none for SigLIP, and an `image_size / patch_size` square grid."""
+    vision_config = getattr(vision_config, "vision_config", vision_config)
+    side = vision_config.image_size // vision_config.patch_size
+    return VisionTokenLayout(int(vision_config.model_type in _CLASS_TOKEN_VISION_TYPES), (side, side))
 
 # SigLIP-L/16-384 as in the paper.
 _DEFAULT_VISION = {
@@ -299,10 +326,11 @@ class HiveConfig(PreTrainedConfig):
                     f"`{field}={value!r}` applies to fusion='joint' only, got fusion={self.fusion!r}; set "
                     f"{field}={off!r}."
                 )
-        grid = self.vision_config.image_size // self.vision_config.patch_size
-        if self.image_rope == "2d" and self.num_image_tokens != grid * grid:
+        layout = vision_token_layout(self.vision_config)
+        if self.image_rope == "2d" and layout.class_tokens:
+            rows, cols = layout.grid
             raise ValueError(
-                f"`image_rope='2d'` places image keys on their {grid}x{grid} patch grid, but this "
+                f"`image_rope='2d'` places image keys on their {rows}x{cols} patch grid, but this "
                 f"{self.vision_config.model_type!r} tower gives {self.num_image_tokens} tokens (a class token); use "
                 "image_rope='1d' or 'none'."
             )
@@ -324,7 +352,7 @@ class HiveConfig(PreTrainedConfig):
                 self.vision_feature_layers = [num_vision]
             else:
                 selection = self.layer_selection or (
-                    "uniform" if self.vision_config.model_type in _CLASS_TOKEN_VISION_TYPES else "late"
+                    "uniform" if vision_token_layout(self.vision_config).class_tokens else "late"
                 )
                 self.vision_feature_layers = select_vision_layers(num_vision, self.connection_density, selection)
         self.vision_feature_layers = [int(i) for i in self.vision_feature_layers]
@@ -366,8 +394,7 @@ class HiveConfig(PreTrainedConfig):
     @property
     def num_image_tokens(self) -> int:
         """Patch tokens per image that reach the LLM (class token included for CLIP-like towers)."""
-        grid = self.vision_config.image_size // self.vision_config.patch_size
-        return grid * grid + int(self.vision_config.model_type in _CLASS_TOKEN_VISION_TYPES)
+        return vision_token_layout(self.vision_config).num_tokens
 
     @property
     def resolved_image_token_id(self) -> int:
@@ -411,4 +438,4 @@ def _check_layer_list(field: str, layers: list[int], low: int, high: int, meanin
         raise ValueError(f"`{field}` must be strictly increasing (shallow to shallow pairing); got {layers}.")
 
 
-__all__ = ["HiveConfig"]
+__all__ = ["HiveConfig", "VisionTokenLayout", "vision_token_layout"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..configuration_hive import _CLASS_TOKEN_VISION_TYPES, HiveConfig
+from ..configuration_hive import HiveConfig, vision_token_layout
 from ..modeling_hive import HiveForConditionalGeneration
 from ..processing_hive import HiveProcessor
 
@@ -35,23 +35,14 @@ def default_image_and_caption(image_size: int = 128) -> tuple[Image.Image, str]:
     return image, shapes_caption(**DEFAULT_SHAPES)
 
 
-def has_class_token(config: HiveConfig) -> bool:
-    return config.vision_config.model_type in _CLASS_TOKEN_VISION_TYPES
-
-
-def patch_grid(config: HiveConfig) -> int:
-    """Patches per side of the encoder's grid."""
-    return config.vision_config.image_size // config.vision_config.patch_size
-
-
 def to_patch_grid(values: torch.Tensor, config: HiveConfig) -> torch.Tensor:
-    """`(..., num_image_tokens)` -> `(..., grid, grid)`, dropping a leading class token (CLIP-like towers)."""
-    if has_class_token(config):
-        values = values[..., 1:]
-    grid = patch_grid(config)
-    if values.shape[-1] != grid * grid:
-        raise ValueError(f"Expected {grid}x{grid} = {grid * grid} patch tokens, got {values.shape[-1]}.")
-    return values.reshape(*values.shape[:-1], grid, grid)
+    """`(..., num_image_tokens)` -> `(..., rows, cols)`, dropping a leading class token (CLIP-like towers)."""
+    layout = vision_token_layout(config.vision_config)
+    values = values[..., layout.class_tokens:]
+    if values.shape[-1] != layout.num_patches:
+        rows, cols = layout.grid
+        raise ValueError(f"Expected {rows}x{cols} = {layout.num_patches} patch tokens, got {values.shape[-1]}.")
+    return values.reshape(*values.shape[:-1], *layout.grid)
 
 
 def pixels_to_image(pixel_values: torch.Tensor, processor: HiveProcessor | None = None) -> np.ndarray:
