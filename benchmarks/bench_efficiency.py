@@ -6,16 +6,18 @@ The paper (Sec. 4.6, appendix Sec. 8) reports 0.14x the training FLOPs of the SA
 22.03 vs 54.2 GB peak memory, for SigLIP-L/16-384 + MobileLLM-350M. Everything here runs in one command:
 
     # the paper's shapes: FLOPs counted on the meta device (nothing allocated), memory estimated there
-    python benchmarks/bench_efficiency.py --output results/efficiency_paper.json
+    python benchmarks/bench_efficiency.py --output outputs/efficiency_paper.json
 
     # the paper's token counts and depths at 0.4x the widths: also timed and measured on this machine
-    python benchmarks/bench_efficiency.py --preset small --output results/efficiency_small.json
+    python benchmarks/bench_efficiency.py --preset small --output outputs/efficiency_small.json
 
     # any shapes (a preset, then overrides); only some stages or modes
     python benchmarks/bench_efficiency.py --preset small --text_hidden_size 512 --num_taps 4 --stages 2
 
     # seconds: the shapes of the tests
-    python benchmarks/bench_efficiency.py --preset tiny --output /tmp/tiny.json
+    python benchmarks/bench_efficiency.py --preset tiny --output outputs/efficiency_tiny.json
+
+`--output results/<name>.json` regenerates the files the README quotes.
 
 FLOPs are counted (`hive_hf.analysis.flops`) on this machine's device when the shapes fit it, else on the meta
 device; the LLM side (projectors, fusion, LLM, head) is counted apart from the encoder. Times are medians of
@@ -31,13 +33,11 @@ import gc
 import os
 import platform
 import statistics
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hive_hf.analysis.flops import (
@@ -53,9 +53,11 @@ from hive_hf.analysis.flops import (
     training_step,
 )
 from hive_hf.analysis.profiling import generation_ms_per_token, interleaved_step_times, peak_memory_bytes
-from hive_hf.analysis.results import write_results
+from hive_hf.cli.parsing import HiveArgumentParser, user_errors
 from hive_hf.configuration_hive import FUSION_MODES
-from hive_hf.modeling_hive import STAGE_COMPONENTS
+from hive_hf.runs.records import write_results
+from hive_hf.runs.stages import HIVE_STAGES
+from hive_hf.runs.tables import markdown_table
 
 logger = logging.get_logger("hive_hf.bench_efficiency")
 SHAPE_FIELDS = [f.name for f in dataclasses.fields(EfficiencyShapes)]
@@ -129,7 +131,7 @@ class BenchmarkArguments:
         bad = [m for m in self.modes if m not in FUSION_MODES]
         if bad or not self.modes:
             raise ValueError(f"--modes must be a non-empty subset of {FUSION_MODES}, got {self.modes}.")
-        if not self.stages or any(s not in STAGE_COMPONENTS for s in self.stages):
+        if not self.stages or any(s not in HIVE_STAGES.components for s in self.stages):
             raise ValueError(f"--stages must be a non-empty subset of [1, 2, 3], got {self.stages}.")
         for name, allowed in (("device", ("auto", "cpu", "cuda")), ("dtype", tuple(DTYPES)),
                               ("count_device", ("auto", "meta", "device")), ("measure", ("auto", "yes", "no")),
@@ -303,7 +305,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def _stage_table(stage: int, rows: dict[str, dict], measured: bool, memory_key: str) -> str:
-    trains = " + ".join(sorted(STAGE_COMPONENTS[stage]))
+    trains = HIVE_STAGES.trains(stage)
     head = ["mode", "encoder FLOPs", "LLM-side FLOPs", "total FLOPs", "LLM-side / concat", "total / concat"]
     if measured:
         head += ["step ms (median)", "step ms (min)", "time / concat", "concat/mode predicted by FLOPs",
@@ -312,8 +314,7 @@ def _stage_table(stage: int, rows: dict[str, dict], measured: bool, memory_key: 
     else:
         head += ["est. peak memory (meta)", "memory / concat"]
     head += ["above the weights", "above / concat"]
-    lines = [f"### Stage {stage} (trains: {trains})", "", "| " + " | ".join(head) + " |",
-             "|" + "---|" * len(head)]
+    lines = []
     concat = rows.get("concat")
     floor = rows.get(FLOOR)
     for name, row in rows.items():
@@ -333,8 +334,8 @@ def _stage_table(stage: int, rows: dict[str, dict], measured: bool, memory_key: 
         above = mem - row["weight_bytes"] if mem else None  # activations, gradients, temporaries
         concat_above = concat[memory_key] - concat["weight_bytes"] if concat and concat.get(memory_key) else None
         cells += [_fmt_bytes(above) if above else "-", _ratio(above, concat_above)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return f"**Stage {stage}** (trains: {trains})\n\n" + markdown_table(head, lines)
 
 
 def _targets(results: dict, args: BenchmarkArguments) -> list[dict]:
@@ -385,7 +386,7 @@ def _report(results: dict, args: BenchmarkArguments) -> str:
     shapes = results["shapes"]
     measured = results["measured"]
     lines = [
-        "## HIVE training-step efficiency",
+        "**HIVE training-step efficiency**",
         "",
         f"Shapes ({args.preset}{' + overrides' if results['overrides'] else ''}): batch {shapes['batch_size']}, "
         f"{shapes['text_length']} text tokens, {shapes['image_size']}px / {shapes['patch_size']} = "
@@ -428,28 +429,21 @@ def _report(results: dict, args: BenchmarkArguments) -> str:
     generation = results.get("generation")
     if generation:
         modes = [m for m in generation if isinstance(generation[m], list) and m not in ("image_size", "image_tokens")]
-        lines += [f"### Generation: ms per new token after the first ({generation['new_tokens']} tokens, prompt "
+        rows = [[str(n), *(f"{generation[m][i]['ms_per_token']:.2f} (prefill {generation[m][i]['prefill_ms']:.0f})"
+                           for m in modes)] for i, n in enumerate(generation["image_tokens"])]
+        lines += [f"**Generation**: ms per new token after the first ({generation['new_tokens']} tokens, prompt "
                   f"{generation['prompt_length']}, batch 1, greedy, cache on)", "",
-                  "| image tokens | " + " | ".join(modes) + " |", "|" + "---|" * (len(modes) + 1)]
-        for i, n in enumerate(generation["image_tokens"]):
-            lines.append(f"| {n} | " + " | ".join(
-                f"{generation[m][i]['ms_per_token']:.2f} (prefill {generation[m][i]['prefill_ms']:.0f})" for m in modes
-            ) + " |")
-        lines.append("")
-    lines += ["### Targets", "", "| target | value | met |", "|---|---|---|"]
-    for t in results["targets"]:
-        met = ("yes" if t["met"] else "**no**") if t["applies"] else "n/a (not these shapes)"
-        lines.append(f"| {t['target']} | {t['value']} | {met} |")
+                  markdown_table(["image tokens", *modes], rows), ""]
+    rows = [[t["target"], str(t["value"]),
+             ("yes" if t["met"] else "**no**") if t["applies"] else "n/a (not these shapes)"] for t in results["targets"]]
+    lines += ["**Targets**", "", markdown_table(["target", "value", "met"], rows)]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser(BenchmarkArguments)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        (args,) = parser.parse_json_file(argv[0])
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    parser = HiveArgumentParser(BenchmarkArguments, description=__doc__.split("\n\n")[0])
+    with user_errors(parser.prog, parser.flag_names()):
+        (args,) = parser.parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = args.shapes()

@@ -20,22 +20,15 @@ table goes to --results_file with its provenance line (and the numbers to a .jso
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import HfArgumentParser
-
-from hive_hf.analysis.results import (
-    DemoMeasurementArguments,
-    command_line,
-    demo_encoders,
-    run_step,
-    write_results,
-)
-from hive_hf.training.arguments import user_errors
+from hive_hf.cli.measure import DemoMeasurementArguments, run_step
+from hive_hf.cli.parsing import HiveArgumentParser, user_errors
+from hive_hf.runs.records import command_line, demo_encoders, write_results
+from hive_hf.runs.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,27 +61,26 @@ def probe_table(runs: dict[str, dict[str, Any]], precision: int = 2) -> str:
     caption = (f"Top-1 accuracy (%, mean ± std over probe seeds {' '.join(map(str, settings['seeds']))}) on the "
                f"{first['dataset']} ({first['num_classes']} classes, {first['num_train']} train / {first['num_test']} "
                f"test images), `--recipe {settings['recipe']}`, `--augment {settings['augment']}`:")
-    lines = ["| encoder (default features) | " + " | ".join(title for title, _ in SETTINGS.values()) + " |",
-             "|---|" + "---:|" * len(SETTINGS)]
-    for name, entry in first["encoders"].items():
-        cells = [runs[key]["encoders"][name] for key in SETTINGS]
-        lines.append(f"| {name} (`{entry['features']}`) | "
-                     + " | ".join(f"{c['mean']:.{precision}f} ± {c['std']:.{precision}f}" for c in cells) + " |")
-    return caption + "\n\n" + "\n".join(lines)
+    rows = [[f"{name} (`{entry['features']}`)",
+             *(f"{c['mean']:.{precision}f} ± {c['std']:.{precision}f}"
+               for c in (runs[key]["encoders"][name] for key in SETTINGS))]
+            for name, entry in first["encoders"].items()]
+    header = ["encoder (default features)", *(title for title, _ in SETTINGS.values())]
+    return caption + "\n\n" + markdown_table(header, rows, align="l" + "r" * len(SETTINGS))
 
 
 @dataclass
 class ProbeFeaturesArguments(DemoMeasurementArguments):
     output_dir: str = field(default="outputs/probe_features",
                             metadata={"help": "One folder per setting (probe_results.json/.md) and the feature cache."})
-    results_file: str = field(default="results/probe_features.md", metadata={"help": "The table (and a .json beside it)."})
+    results_file: str = field(default="outputs/probe_features/results.md", metadata={
+        "help": "The table (and a .json beside it); results/probe_features.md is the file the README quotes."})
 
 
 def main() -> None:
-    with user_errors():
-        parser = HfArgumentParser(ProbeFeaturesArguments, description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        (args,) = parser.parse_args_into_dataclasses()
+    parser = HiveArgumentParser(ProbeFeaturesArguments, description=__doc__.split("\n\n")[0])
+    with user_errors(parser.prog, parser.flag_names()):
+        (args,) = parser.parse()
         encoders = demo_encoders(args.demo_dir)
     out = Path(args.output_dir)
     runs, commands, seconds = {}, {}, {}

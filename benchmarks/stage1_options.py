@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Stage 1 of the demo under four image key/value settings, side by side: the loss per caption token at a few steps.
 
-    python benchmarks/stage1_options.py            # ~4 runs of 200 stage-1 steps; writes results/stage1_options.md
+    python benchmarks/stage1_options.py            # 4 runs of 200 stage-1 steps; writes outputs/stage1_options/
+    python benchmarks/stage1_options.py --results_file results/stage1_options.md    # the file the README quotes
 
 Each run is `examples/run_pretrain.py examples/configs/demo.json --stages 1 --stage_max_steps 200 200 200` plus the
 setting's flags, from the same backbones, data and seed, on one thread.
@@ -9,12 +10,16 @@ setting's flags, from the same backbones, data and seed, on one thread.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from hive_hf.cli.parsing import CommandParser
+from hive_hf.runs.layout import RunLayout
+from hive_hf.runs.records import write_results
+from hive_hf.runs.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -34,25 +39,22 @@ def loss_at(log_history: list[dict], steps: list[int]) -> list[float | None]:
 
 
 def table(curves: dict[str, list[float | None]], steps: list[int]) -> str:
-    lines = ["| stage 1 | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
-    for name, losses in curves.items():
-        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in losses) + " |")
-    return "\n".join(lines)
+    rows = [[name, *("-" if v is None else f"{v:.3f}" for v in losses)] for name, losses in curves.items()]
+    return markdown_table(["stage 1", *(f"step {s}" for s in steps)], rows)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/stage1_options")
-    parser.add_argument("--results_file", default="results/stage1_options.md")
+    parser.add_argument("--results_file", default="outputs/stage1_options/results.md",
+                        help="The table (and a .json beside it); results/stage1_options.md is the file the README "
+                             "quotes.")
     parser.add_argument("--steps", type=int, default=200, help="Stage-1 steps per run.")
     parser.add_argument("--report_steps", type=int, nargs="+", default=[10, 50, 100, 150, 200])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if max(args.report_steps) > args.steps:
         parser.error(f"--report_steps go up to {max(args.report_steps)}, beyond --steps {args.steps}")
-
-    from hive_hf.analysis.results import write_results
-    from hive_hf.training.staged_run import RunLayout
 
     out = Path(args.output_dir)
     backbones = out / "backbones"

@@ -21,33 +21,21 @@ A run folder that already holds finished stages resumes from them (the fine-tuni
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser
 
-from hive_hf.analysis.results import (
-    DemoMeasurementArguments,
-    command_line,
-    demo_encoders,
-    run_step,
-    write_results,
-)
-from hive_hf.evaluation import (
-    TASK_TITLES,
-    VLM_STAGES,
-    load_vqa_benchmark,
-    make_shapes_vqa_dataset,
-    question_prior_predictions,
-    score_predictions,
-    write_shapes_conversations,
-)
-from hive_hf.training.arguments import user_errors
-from hive_hf.training.staged_run import VLM_STAGE_MARKER, RunLayout
+from hive_hf.cli.measure import DemoMeasurementArguments, run_step
+from hive_hf.cli.parsing import HiveArgumentParser, user_errors
+from hive_hf.data.vqa import load_vqa_benchmark, make_shapes_vqa_dataset, write_shapes_conversations
+from hive_hf.evaluation.vlm import TASK_TITLES, blind_baseline_scores
+from hive_hf.runs.layout import VLM_STAGE_MARKER, RunLayout
+from hive_hf.runs.records import command_line, demo_encoders, write_results
+from hive_hf.runs.stages import VLM_STAGES
+from hive_hf.runs.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,16 +78,15 @@ def vlm_table(rows: dict[str, dict[str, Any]]) -> str:
     one column per task present, in the paper's order (MME, GQA, OK-VQA, ScienceQA)."""
     tasks = [t for t in TASK_TITLES if any(t in row["scores"] for row in rows.values())]
     stages = VLM_STAGES.stages
-    lines = ["| | " + " | ".join([*(f"stage {s} loss" for s in stages), "training (min)",
-                                  *(TASK_TITLES[t] for t in tasks)]) + " |",
-             "|---|" + "---|" * len(stages) + "---:|" + "---:|" * len(tasks)]
+    lines = []
     for name, row in rows.items():
         run = row.get("stages")
         losses = [f"{run[s]['first_loss']:.3f} -> {run[s]['last_loss']:.3f}" if run else "" for s in stages]
         minutes = f"{sum(run[s]['train_runtime'] for s in stages) / 60:.1f}" if run else ""
         scores = [f"{row['scores'][t]:.2f}" if t in row["scores"] else "-" for t in tasks]
-        lines.append(f"| {name} | " + " | ".join([*losses, minutes, *scores]) + " |")
-    return "\n".join(lines)
+        lines.append([name, *losses, minutes, *scores])
+    header = ["", *(f"stage {s} loss" for s in stages), "training (min)", *(TASK_TITLES[t] for t in tasks)]
+    return markdown_table(header, lines, align="l" * (len(stages) + 1) + "r" * (len(tasks) + 1))
 
 
 def blind_prior(run_dirs: list[Path]) -> dict[str, dict[str, Any]]:
@@ -113,21 +100,21 @@ def blind_prior(run_dirs: list[Path]) -> dict[str, dict[str, Any]]:
         if answered != evaluation["question_id"]:
             raise ValueError(f"{run_dir} answered other questions than the blind baseline's ({EVAL_PICTURES} shapes "
                              f"pictures, seed {EVAL_SEED}): were its --seed or --shapes_* flags changed?")
-    return score_predictions(evaluation, question_prior_predictions(train, evaluation))
+    return blind_baseline_scores(train, evaluation)
 
 
 @dataclass
 class VLMDemoArguments(DemoMeasurementArguments):
     output_dir: str = field(default="outputs/vlm_demo", metadata={
         "help": "The conversation data (shapes_llava/) and one run folder per encoder (hive/, base/)."})
-    results_file: str = field(default="results/vlm_demo.md", metadata={"help": "The table (and a .json beside it)."})
+    results_file: str = field(default="outputs/vlm_demo/results.md", metadata={
+        "help": "The table (and a .json beside it); results/vlm_demo.md is the file the README quotes."})
 
 
 def main() -> None:
-    with user_errors():
-        parser = HfArgumentParser(VLMDemoArguments, description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-        (args,) = parser.parse_args_into_dataclasses()
+    parser = HiveArgumentParser(VLMDemoArguments, description=__doc__.split("\n\n")[0])
+    with user_errors(parser.prog, parser.flag_names()):
+        (args,) = parser.parse()
         encoders = demo_encoders(args.demo_dir)
     torch.set_num_threads(args.threads)
     out = Path(args.output_dir)

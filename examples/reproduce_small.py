@@ -89,18 +89,14 @@ def main() -> None:
 
     import torch
 
-    from hive_hf.analysis import (
-        gradient_flow_over_batches,
-        plot_loss_curves,
-        summarize_flows,
-        summary_table,
-    )
+    from hive_hf.analysis import gradient_flow_over_batches, summarize_flows, summary_table
     from hive_hf.analysis._common import load_checkpoint
-    from hive_hf.analysis.results import write_results
     from hive_hf.data import make_shapes_dataset
     from hive_hf.evaluation import load_probe_datasets, run_probe
+    from hive_hf.runs.layout import RunLayout
+    from hive_hf.runs.plots import plot_loss_curves
+    from hive_hf.runs.records import write_results
     from hive_hf.tiny_backbones import write_tiny_backbones
-    from hive_hf.training.staged_run import RunLayout
 
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -148,7 +144,7 @@ def main() -> None:
                                                     args.flow_batch_size)
     summaries = {fusions[f]: summarize_flows(v) for f, v in flows.items()}
     first_seed = args.pretrain_seeds[0]
-    _run([sys.executable, "-m", "hive_hf.analysis.attention_maps", str(runs[("joint", first_seed)] / "stage3"),
+    _run([sys.executable, "-m", "hive_hf.cli.attention_maps", str(runs[("joint", first_seed)] / "stage3"),
           "--output", str(out / "attention_maps.png"), "--json", str(out / "attention_maps.json")], args.threads)
 
     # 5. the report

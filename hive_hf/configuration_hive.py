@@ -28,6 +28,8 @@ IMAGE_KV_MODES = ("shared", "separate")
 # What of the LLM trains in stages 2 and 3: everything, all but the input/output embeddings, or only the
 # self-attention of the fused layers (the authors' `mm_layer`).
 LLM_TRAIN_SCOPES = ("all", "all_but_embeddings", "fused_attention")
+# Options that apply to fusion="joint" only, with their off values (`image_kv`: in every stage).
+JOINT_ONLY_OPTIONS = {"qk_norm": False, "image_rope": "none", "image_kv": "shared"}
 
 # Vision towers whose class token aggregates the image: the paper spreads their taps uniformly.
 # Every other tower (SigLIP has no class token) is tapped in its later layers.
@@ -318,10 +320,9 @@ class HiveConfig(PreTrainedConfig):
             raise ValueError(
                 f"`image_position` must be an integer >= 0 (a text position), got {self.image_position!r}."
             )
-        joint_only = {"qk_norm": (self.qk_norm, False), "image_rope": (self.image_rope, "none"),
-                      "image_kv": (list(self.image_kv), ["shared"] * 3)}
-        for field, (value, off) in joint_only.items():
-            if self.fusion != "joint" and value != off:
+        for field, off in JOINT_ONLY_OPTIONS.items():
+            value = getattr(self, field)
+            if self.fusion != "joint" and value != (off if field != "image_kv" else [off] * 3):
                 raise ValueError(
                     f"`{field}={value!r}` applies to fusion='joint' only, got fusion={self.fusion!r}; set "
                     f"{field}={off!r}."

@@ -23,9 +23,9 @@ from hive_hf.analysis import (
     summarize_flows,
     text_to_image_attention,
 )
-from hive_hf.analysis import attention_maps as attention_maps_cli
-from hive_hf.analysis import gradient_flow as gradient_flow_cli
 from hive_hf.analysis.attention_maps import _entropy_and_spread
+from hive_hf.cli import attention_maps as attention_maps_cli
+from hive_hf.cli import gradient_flow as gradient_flow_cli
 from hive_hf.data.synthetic import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, shapes_caption
 from hive_hf.tiny_backbones import build_word_tokenizer
 

@@ -6,8 +6,9 @@ import json
 import pytest
 from scripts import BENCHMARKS, load_script, user_error
 
-from hive_hf.analysis.results import DEMO_COMMAND, demo_encoders
-from hive_hf.training.staged_run import HIVE_STAGE_MARKER
+import hive_hf.cli.vlm_finetune as vlm_cli
+from hive_hf.runs.layout import HIVE_STAGE_MARKER
+from hive_hf.runs.records import DEMO_COMMAND, demo_encoders
 
 
 def probe_run(accuracies: dict[str, tuple[float, float]], features: str, seeds=(0, 1, 2)) -> dict:
@@ -62,14 +63,14 @@ def test_vlm_table_rows_losses_training_time_and_tasks_in_the_papers_order():
     assert header == "| | stage 1 loss | stage 2 loss | training (min) | MME | GQA | ScienceQA |"  # no OK-VQA: absent
     assert rule == "|---|---|---|---:|---:|---:|---:|"
     assert hive == "| HIVE encoder | 3.699 -> 2.488 | 1.235 -> 0.241 | 6.5 | 273.00 | 69.50 | 34.00 |"
-    assert blind == "| blind question prior |  |  |  | 337.00 | 15.00 | 34.50 |"
+    assert blind == "| blind question prior | | | | 337.00 | 15.00 | 34.50 |"
     rows["HIVE encoder"]["scores"].pop("gqa")
     assert vlm.vlm_table(rows).splitlines()[2].endswith("| 273.00 | - | 34.00 |")
 
 
 def test_vlm_run_is_read_from_its_markers_and_eval_results(tmp_path):
     vlm = load_script("vlm_demo", BENCHMARKS)
-    flatten = load_script("run_vlm_finetune")._flatten  # how the fine-tuning script writes eval_results.json
+    flatten = vlm_cli._flatten  # how the fine-tuning script writes eval_results.json
     for stage in (1, 2):
         (tmp_path / f"stage{stage}").mkdir()
         marker = {"first_loss": stage, "last_loss": stage / 2, "train_runtime": 10.0 * stage, "log_history": [{}]}

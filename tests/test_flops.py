@@ -220,9 +220,9 @@ def test_benchmark_runs_tiny_end_to_end_and_writes_json(tmp_path):
            "--generation_repeats", "1", "--output", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| joint |" in proc.stdout and "| concat |" in proc.stdout and "### Targets" in proc.stdout
+    assert "| joint |" in proc.stdout and "| concat |" in proc.stdout and "**Targets**" in proc.stdout
     record = json.loads(out.read_text())
-    assert record["environment"]["transformers"] and out.with_suffix(".md").read_text().startswith("## HIVE")
+    assert record["environment"]["transformers"] and out.with_suffix(".md").read_text().startswith("**HIVE")
     results = record["results"]
     assert results["measured"] and results["count_device"] == "cpu"
     assert set(results["stages"]) == {"1", "2", "3"}

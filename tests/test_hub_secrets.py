@@ -19,17 +19,19 @@ import pytest
 import torch
 from hub_double import LocalHub
 from huggingface_hub import HfApi
-from scripts import load_script, user_error
+from scripts import user_error
 from tiny import tiny_model
 from transformers import SiglipImageProcessorPil, TrainerControl, TrainerState, TrainingArguments
 
+import hive_hf.cli.probe as probe_cli
 from hive_hf import HiveForConditionalGeneration, HiveProcessor
+from hive_hf.cli.parsing import take_hub_token
+from hive_hf.cli.release import main as release_main
 from hive_hf.data import make_shapes_dataset
-from hive_hf.release import main as release_main
+from hive_hf.release import HiveHubCallback, HubPushCallback
+from hive_hf.runs.layout import write_training_args
 from hive_hf.tiny_backbones import build_word_tokenizer, write_tiny_backbones
 from hive_hf.training import HiveCaptionCollator, HiveTrainer
-from hive_hf.training.arguments import take_hub_token, write_training_args
-from hive_hf.training.hub import HiveHubCallback, HubPushCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "configs" / "demo.json"
@@ -146,7 +148,7 @@ def test_training_scripts_and_release_with_the_token_on_the_command_line(tmp_pat
             tmp_path / "vlm", *fast, "--shapes_train_images", "8", "--shapes_eval_images", "2", "--stage_batch_sizes",
             "8", "8", "--stage_max_steps", "1", "1", "--stages", "1", "--use_cpu", "--report_to", "none",
             "--hub_model_id", "user/vlm")
-        run("-m", "hive_hf.release", tmp_path / "run", "user/rel", "--stock_encoder_repo", "user/rel-stock",
+        run("-m", "hive_hf.cli.release", tmp_path / "run", "user/rel", "--stock_encoder_repo", "user/rel-stock",
             "--token", CANARY)
 
         assert hub_leaks(hub, CANARY) == [] and hub_pickles(hub) == []
@@ -238,7 +240,7 @@ def test_probe_script_never_writes_the_token(tmp_path, monkeypatch, capsys):
         "run_probe.py", "--encoders", vision, "--max_train_samples", "20", "--max_test_samples", "10", "--epochs", "2",
         "--warmup_epochs", "0.5", "--batch_size", "10", "--seeds", "0", "--learning_rates", "0.01", "--output_dir",
         str(tmp_path / "probe")])
-    load_script("run_probe").main()
+    probe_cli.main()
     assert (tmp_path / "probe" / "probe_results.json").is_file()
     captured = capsys.readouterr()
     for secret in (CANARY, env_token):
@@ -257,7 +259,7 @@ def test_the_token_is_taken_out_of_the_arguments_before_anything_is_saved(tmp_pa
 def test_push_settings_that_would_leak_are_refused(tmp_path, monkeypatch, capsys):
     message = user_error("run_pretrain", ["--tiny_backbones", "True", "--output_dir", tmp_path / "x", "--push_to_hub",
                                           "True", "--hub_strategy", "checkpoint"], monkeypatch, capsys)
-    assert "`hub_strategy` must be 'every_save' or 'end', got 'checkpoint'" in message and "pickles" in message
+    assert "--hub_strategy must be 'every_save' or 'end', got 'checkpoint'" in message and "pickles" in message
     state, control = TrainerState(), TrainerControl()
     for bad, field in (({"push_to_hub": True}, "push_to_hub"), ({"hub_token": CANARY}, "hub_token"),
                        ({"hub_strategy": "all_checkpoints"}, "hub_strategy")):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scripts import load_script, user_error
+from scripts import user_error
 from tiny import VISION, tiny_config
 from transformers import (
     CLIPConfig,
@@ -29,6 +29,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+import hive_hf.cli.probe as probe_cli
 from hive_hf import HiveForConditionalGeneration, HiveProcessor
 from hive_hf.evaluation import (
     LAST_HIDDEN_STATE,
@@ -346,7 +347,7 @@ def test_bad_settings_are_rejected_with_the_flag_named(kwargs, message):
 ])
 def test_script_rejects_bad_flag_combinations(argv, message):
     with pytest.raises(ValueError, match=message):
-        load_script("run_probe").parse_args(argv)
+        probe_cli.parse_args(argv)
 
 
 @pytest.mark.parametrize("mistake", ["missing_dataset", "missing_encoder", "label_column", "json"])
@@ -376,12 +377,12 @@ def test_script_takes_one_json_file_with_flags_overriding_it(tmp_path):
     config = tmp_path / "probe.json"
     config.write_text(json.dumps({"encoders": ["a", "b"], "probe": "linear", "augment": False, "epochs": 5,
                                   "learning_rates": [0.1, 0.01]}))
-    encoder_args, data_args, settings, run_args = load_script("run_probe").parse_args([str(config), "--epochs", "7"])
+    encoder_args, data_args, settings, run_args = probe_cli.parse_args([str(config), "--epochs", "7"])
     assert encoder_args.encoders == ["a", "b"] and data_args.dataset == "synthetic"
     assert (settings.probe, settings.augment, settings.epochs, settings.learning_rates) == ("linear", False, 7,
                                                                                             [0.1, 0.01])
     assert settings.batch_size == 512 and settings.max_grad_norm == 3.0 and settings.warmup_epochs == 1.5
-    _, _, authors, _ = load_script("run_probe").parse_args(["--encoders", "a", "--recipe", "authors",
+    _, _, authors, _ = probe_cli.parse_args(["--encoders", "a", "--recipe", "authors",
                                                            "--feature_layer", "-2"])
     assert (authors.epochs, authors.learning_rates, authors.warmup_ratio, authors.layer) == (5, [2e-4], 0.03, -2)
 

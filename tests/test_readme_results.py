@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from hive_hf.analysis.results import readme_blocks, write_results
+from hive_hf.runs.records import readme_blocks, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,13 +31,13 @@ def test_results_files_round_trip_through_a_readme(tmp_path):
 def test_fill_readme_copies_each_file_into_its_block(tmp_path):
     (tmp_path / "r.md").write_text("| new |\n")
     readme = "a\n<!-- results: r.md -->\n| old |\n<!-- /results -->\nb\n"
-    from hive_hf.analysis.results import fill_readme
+    from hive_hf.runs.records import fill_readme
 
     assert fill_readme(readme, tmp_path) == "a\n<!-- results: r.md -->\n| new |\n<!-- /results -->\nb\n"
 
 
 def test_recorded_commands_never_hold_a_token():
-    from hive_hf.analysis.results import command_line
+    from hive_hf.runs.records import command_line
 
     line = command_line(["x.py", "--hub_token", "hf_secret", "--token=hf_other", "--seed", "1"])
     assert "hf_secret" not in line and "hf_other" not in line and "--seed 1" in line

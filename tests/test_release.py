@@ -26,24 +26,24 @@ from tiny import tiny_model
 from transformers import AutoProcessor, AutoTokenizer, SiglipImageProcessorPil, TrainingArguments
 
 from hive_hf import HiveForConditionalGeneration, HiveProcessor, HiveVisionEncoderModel
+from hive_hf.cli.release import main
 from hive_hf.compat import AutoImageProcessor
 from hive_hf.data import make_shapes_dataset
 from hive_hf.modeling_hive import STAGE_COMPONENTS, parameter_component
 from hive_hf.release import (
     CardOptions,
+    HiveHubCallback,
     StageRecord,
     as_hub_id,
-    load_training_args,
-    main,
     render_model_card,
     results_markdown,
-    results_table,
     stage_record_from_folder,
 )
+from hive_hf.runs.layout import write_training_args
+from hive_hf.runs.pickles import load_training_args
+from hive_hf.runs.tables import results_table
 from hive_hf.tiny_backbones import build_word_tokenizer, write_tiny_backbones
 from hive_hf.training import HiveCaptionCollator, HiveTrainer, apply_lora, merge_lora
-from hive_hf.training.arguments import write_training_args
-from hive_hf.training.hub import HiveHubCallback
 
 VISION_ID, TEXT_ID = "hive-test/tiny-siglip", "hive-test/tiny-llama"  # the backbones, as if taken from the Hub
 CAPTION = "two red circles."
@@ -470,7 +470,7 @@ def test_release_rejects_a_folder_without_finished_stages(tmp_path, capsys):
 # -- cards and run records --------------------------------------------------------------------------------------------
 def test_results_tables_and_card_without_hub_base_models(tmp_path):
     assert results_table(PROBE_RESULTS).splitlines() == [
-        "|  | top1 | top5 |", "|---|---|---|", "| cifar10 | 91.25 | 99.5 |", "| food101 | 80.125 | – |"]
+        "| | top1 | top5 |", "|---|---|---|", "| cifar10 | 91.25 | 99.5 |", "| food101 | 80.125 | – |"]
     assert results_table([{"task": "GQA", "acc": 58.05}]).splitlines()[2] == "| GQA | 58.05 |"
     assert results_table({"MME": 1298, "note": "a|b"}).splitlines()[2:] == ["| MME | 1298 |", "| note | a\\|b |"]
     report = {"dataset": "cifar10", "num_test": 100, "encoders": {"hive": {"mean": 91.5, "std": 0.25}},

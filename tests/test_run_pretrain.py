@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from scripts import load_script, user_error
+from scripts import user_error
 
-from hive_hf.training.arguments import read_training_args
+import hive_hf.cli.pretrain as pretrain_cli
+from hive_hf.runs.layout import read_training_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_pretrain.py"
@@ -117,7 +118,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     ],
 )
 def test_bad_flag_combinations_are_rejected_naming_the_flags(args, words, tmp_path, monkeypatch):
-    script = load_script("run_pretrain")
+    script = pretrain_cli
     monkeypatch.setattr(sys, "argv", ["run_pretrain.py", "--output_dir", str(tmp_path / "run"), *args])
     with pytest.raises(ValueError) as err:
         script.check_combinations(*script.parse_args())
@@ -168,7 +169,7 @@ def test_user_errors_print_one_argparse_line_before_any_work(mistake, tmp_path, 
 
 
 def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch):
-    script = load_script("run_pretrain")
+    script = pretrain_cli
 
     def broken(*args, **kwargs):
         raise TypeError("a bug, not a user's mistake")
@@ -217,7 +218,7 @@ CONFIGS = ROOT / "examples" / "configs"
 
 
 def parse(monkeypatch, *args):
-    script = load_script("run_pretrain")
+    script = pretrain_cli
     monkeypatch.setattr(sys, "argv", ["run_pretrain.py", *map(str, args)])
     return script.parse_args()
 
@@ -225,7 +226,7 @@ def parse(monkeypatch, *args):
 def test_the_authors_config_holds_their_released_recipe(monkeypatch, tmp_path):
     """scripts/train/HIVE_florence.sh (eugenelet/HIVE @ a5160ce), stages 1-3, as `run_pretrain.py` reads the file."""
     model_args, data_args, args = parse(monkeypatch, CONFIGS / "authors_florence.json", "--output_dir", tmp_path)
-    assert load_script("run_pretrain").hive_config_kwargs(model_args) == {
+    assert pretrain_cli.hive_config_kwargs(model_args) == {
         "fusion": "joint", "connection_density": 0.25, "vision_feature_layers": [2, 5, 8, 11, 14, 17, 20, 23],
         "cross_attention_layers": [4, 9, 14, 19, 24, 29, 34, 39], "projector_type": "ln_mlp", "qk_norm": True,
         "image_rope": "2d", "image_kv": ["shared", "separate", "separate"], "llm_train_scope": "fused_attention"}
@@ -251,7 +252,7 @@ def test_the_authors_config_holds_their_released_recipe(monkeypatch, tmp_path):
 
 def test_the_paper_config_holds_the_papers_table(monkeypatch, tmp_path):
     model_args, data_args, args = parse(monkeypatch, CONFIGS / "paper.json", "--output_dir", tmp_path)
-    assert load_script("run_pretrain").hive_config_kwargs(model_args)["projector_type"] == "mlp_residual" and data_args.max_caption_length == 77
+    assert pretrain_cli.hive_config_kwargs(model_args)["projector_type"] == "mlp_residual" and data_args.max_caption_length == 77
     assert (model_args.qk_norm, model_args.image_rope, model_args.llm_train_scope) == (False, "none", "all")
     table = {1: (256, 1, 1e-3, 1.0, 70), 2: (256, 2, 1e-4, 10.0, 140), 3: (1024, 1, 5e-6, 10.0, 18)}
     for stage, (batch, epochs, lr, clip, warmup) in table.items():

@@ -357,7 +357,7 @@ def test_config_default_is_unstaged():
 
 
 def test_resume_passes_over_a_checkpoint_cut_off_while_saving(tmp_path):
-    from hive_hf.training import last_complete_checkpoint
+    from hive_hf.runs.layout import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "none") is None
     for step, state in [(2, '{"global_step": 2}'), (10, '{"global_step": 10}'), (12, '{"global_st'), (14, None)]:

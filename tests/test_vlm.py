@@ -13,7 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from scripts import load_script, user_error
+from scripts import user_error
 from tiny import VISION, tiny_model
 from transformers import (
     AutoConfig,
@@ -30,25 +30,9 @@ from transformers import (
 )
 
 import hive_hf  # noqa: F401  (registers the HIVE auto classes)
+import hive_hf.cli.vlm_finetune as vlm_cli
 from hive_hf.data import make_shapes_dataset
-from hive_hf.evaluation.vlm import (
-    SCORING_OPTIONS,
-    VLM_STAGE_DEFAULTS,
-    ConversationCollator,
-    apply_vlm_lora,
-    assistant_spans,
-    build_llava,
-    compose_llava,
-    expand_to_square,
-    format_results_table,
-    generate_answers,
-    llava_parameter_component,
-    merge_vlm_lora,
-    question_prior_predictions,
-    score_predictions,
-    set_vlm_training_stage,
-)
-from hive_hf.evaluation.vqa_data import (
+from hive_hf.data.vqa import (
     TASK_METRICS,
     load_conversations,
     load_gqa,
@@ -65,7 +49,23 @@ from hive_hf.evaluation.vqa_data import (
     vqa_conversations,
     write_shapes_conversations,
 )
+from hive_hf.evaluation.vlm import (
+    SCORING_OPTIONS,
+    ConversationCollator,
+    apply_vlm_lora,
+    assistant_spans,
+    build_llava,
+    compose_llava,
+    expand_to_square,
+    format_results_table,
+    generate_answers,
+    merge_vlm_lora,
+    question_prior_predictions,
+    score_predictions,
+)
 from hive_hf.metrics import load_metric
+from hive_hf.runs.recipes import VLM_STAGE_DEFAULTS
+from hive_hf.runs.stages import llava_parameter_component, set_vlm_training_stage
 from hive_hf.tiny_backbones import CHAT_TEMPLATE, write_tiny_backbones
 from hive_hf.training import HiveStageCallback, HiveTrainer, build_param_groups
 
@@ -234,7 +234,7 @@ def test_stage_setter_and_parameter_components_for_llava(built):
         set_vlm_training_stage(model, 3)
     # The setter is saved by import path, so a callback restored from a checkpoint finds it again.
     state = HiveStageCallback(2, stage_setter=set_vlm_training_stage).state()
-    assert state["args"] == {"stage": 2, "stage_setter": "hive_hf.evaluation.vlm:set_vlm_training_stage"}
+    assert state["args"] == {"stage": 2, "stage_setter": "hive_hf.runs.stages:set_vlm_training_stage"}
     assert HiveStageCallback(**state["args"]).stage_setter is set_vlm_training_stage
     assert HiveStageCallback(1).state()["args"] == {"stage": 1}  # HIVE checkpoints are unchanged
 
@@ -383,7 +383,7 @@ def test_a_chat_template_can_be_given_to_an_llm_without_one(backbones, tmp_path)
     assert assistant_spans(processor.tokenizer, CONVERSATION[1:3])[0] == "user: <image>\nWhat color are the shapes?</s>" \
         "assistant: red</s>"
     (tmp_path / "chat.jinja").write_text(template)
-    args = load_script("run_vlm_finetune").ModelArguments(vision_model_name_or_path="x", text_model_name_or_path="y",
+    args = vlm_cli.ModelArguments(vision_model_name_or_path="x", text_model_name_or_path="y",
                                                           chat_template=str(tmp_path / "chat.jinja"))
     assert args.chat_template == template  # a file is read
 
@@ -404,7 +404,7 @@ def test_gqa_adapter_reads_the_published_layout(tmp_path):
     assert data[0]["image"]["path"].endswith("n1.jpg")
     assert score_predictions(data, ["Red.", "no"])["gqa"]["score"] == 50.0
     (tmp_path / "images" / "n1.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match="--image_dir"):
+    with pytest.raises(FileNotFoundError, match="`image_dir`"):
         load_gqa(tmp_path / "testdev_balanced_questions.json", tmp_path / "images")
 
 
@@ -427,7 +427,7 @@ def test_okvqa_adapter_reads_vqa_v2_style_questions_and_annotations(tmp_path):
     assert record["question_id"] == "420" and record["answers"] == answers and record["task"] == "vqa"
     assert training_answer(record) == "tennis"
     assert score_predictions(data, ["racket sport"])["vqa"]["score"] == pytest.approx(100.0)
-    with pytest.raises(ValueError, match="--annotations_file"):
+    with pytest.raises(ValueError, match="`annotations_file`"):
         load_vqa_benchmark("okvqa", str(tmp_path / "questions.json"), None, str(tmp_path / "val2014"))
 
 
@@ -462,7 +462,7 @@ def test_scienceqa_adapter_reads_the_full_split_text_only_questions_included(tmp
     img = load_scienceqa(tmp_path / "problems.json", tmp_path / "images", split="test", subset="img")
     assert img["question_id"] == ["5"]
     assert len(load_scienceqa(tmp_path / "problems.json", tmp_path / "images", split="train")) == 1
-    with pytest.raises(ValueError, match="--scienceqa_subset must be one of"):
+    with pytest.raises(ValueError, match="`scienceqa_subset` must be one of"):
         load_scienceqa(tmp_path / "problems.json", tmp_path / "images", subset="text")
 
 
@@ -549,7 +549,7 @@ def test_llava_json_conversations_load_with_the_image_first(tmp_path):
     fails([{"from": "bot", "value": "x"}], "unknown speaker 'bot'")
     fails([{"from": "human", "value": "x"}, {"from": "gpt", "value": "<image>"}], "in a assistant turn")
     (tmp_path / "images" / "a.png").unlink()
-    with pytest.raises(FileNotFoundError, match="--train_image_dir"):
+    with pytest.raises(FileNotFoundError, match="`image_dir`"):
         load_conversations(str(tmp_path / "llava.json"), tmp_path / "images")
 
 
@@ -612,7 +612,7 @@ def test_generic_records_infer_their_scoring(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([{"image": "a.png", "question": "?", "choices": ["x"], "answer": "z"}]))
     with pytest.raises(ValueError, match="neither an option index"):
         load_vqa_records(str(tmp_path / "bad.json"), image_dir=tmp_path)
-    with pytest.raises(ValueError, match="--questions_file"):
+    with pytest.raises(ValueError, match="`questions_file`"):
         load_vqa_benchmark("gqa", None, None, str(tmp_path))
 
 
@@ -689,7 +689,7 @@ def test_scoring_options_are_the_metrics_own():
 
 # -- the script -------------------------------------------------------------------------------------------------------
 def test_script_rejects_bad_flag_combinations(tmp_path):
-    script = load_script("run_vlm_finetune")
+    script = vlm_cli
     with pytest.raises(ValueError, match="exactly one model source"):
         script.ModelArguments()
     with pytest.raises(ValueError, match="--text_model_name_or_path"):

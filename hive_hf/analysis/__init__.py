@@ -1,7 +1,7 @@
-"""Measurements and pictures of what HIVE does: loss curves, FLOP accounting, step time and memory, gradient flow
-into the encoder (paper Fig. 2) and text-to-image attention maps (paper Fig. 3).
+"""Measurements and pictures of what HIVE does: FLOP accounting, step time and memory, gradient flow into the
+encoder (paper Fig. 2) and text-to-image attention maps (paper Fig. 3).
 
-`python -m hive_hf.analysis.gradient_flow` and `python -m hive_hf.analysis.attention_maps` are the commands;
+`python -m hive_hf.cli.gradient_flow` and `python -m hive_hf.cli.attention_maps` are the commands;
 `benchmarks/bench_efficiency.py` puts the FLOP, time and memory helpers together.
 """
 
@@ -34,8 +34,7 @@ from .gradient_flow import (
     summarize_flows,
     summary_table,
 )
-from .plots import plot_loss_curves
-from .profiling import TensorMemoryTracker, generation_ms_per_token, peak_memory_bytes, step_times
+from .profiling import TensorMemoryTracker, generation_ms_per_token, interleaved_step_times, peak_memory_bytes
 
 __all__ = [
     "PRESETS",
@@ -57,12 +56,11 @@ __all__ = [
     "generation_ms_per_token",
     "gradient_flow_over_batches",
     "gradient_flow_table",
+    "interleaved_step_times",
     "make_batch",
     "peak_memory_bytes",
     "plot_attention_maps",
     "plot_gradient_maps",
-    "plot_loss_curves",
-    "step_times",
     "summarize_flows",
     "summary_table",
     "text_to_image_attention",

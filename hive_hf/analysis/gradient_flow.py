@@ -10,13 +10,11 @@ layer and a picture per layer, for any fusion mode, on one batch:
   grid (a CLIP class token dropped).
 Blocks deeper than the deepest tapped layer are never run (the encoder stops there), so their gradient is zero.
 
-    python -m hive_hf.analysis.gradient_flow --hive outputs/demo/stage3 --baseline outputs/demo_sa/stage3
+    python -m hive_hf.cli.gradient_flow --hive outputs/demo/stage3 --baseline outputs/demo_sa/stage3
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -29,7 +27,7 @@ from transformers.utils import logging
 
 from ..modeling_hive import HiveForConditionalGeneration
 from ..processing_hive import HiveProcessor
-from ._common import load_checkpoint, load_image, pixels_to_image, to_patch_grid
+from ._common import to_patch_grid
 
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
@@ -303,59 +301,3 @@ def plot_gradient_maps(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def main(argv: list[str] | None = None) -> dict[str, GradientFlow]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hive", required=True, help="A HIVE checkpoint (joint or gated fusion).")
-    parser.add_argument("--baseline", required=True, help="The SA baseline checkpoint (concat fusion).")
-    parser.add_argument("--image", default=None, help="An image file; default: a synthetic-shapes picture.")
-    parser.add_argument("--caption", default=None, help="Its caption; default: the synthetic picture's.")
-    parser.add_argument("--output", default="gradient_flow.png", help="Where the PNG grid goes.")
-    parser.add_argument("--json", default=None, help="Also write the per-layer numbers to this JSON file.")
-    parser.add_argument("--batches", type=int, default=0,
-                        help="Also measure over this many batches of synthetic shapes (not --image) and print "
-                             "the per-layer mean ± std across them: one picture is one sample of a noisy quantity.")
-    parser.add_argument("--batch_size", type=int, default=16, help="Images per batch with --batches.")
-    parser.add_argument("--seed", type=int, default=1234, help="Seed of the synthetic batches (held-out data).")
-    args = parser.parse_args(argv)
-
-    flows: dict[str, GradientFlow] = {}
-    images: dict[str, np.ndarray] = {}
-    for name, ckpt in ((None, args.hive), ("SA (concat)", args.baseline)):
-        model, processor = load_checkpoint(ckpt)
-        image, default_caption = load_image(args.image, 4 * model.config.vision_config.image_size)
-        caption = args.caption or default_caption
-        if caption is None:
-            parser.error("--caption is required with --image.")
-        batch = processor(images=image, text=caption, add_eos=True, return_labels=True)
-        name = name or f"HIVE ({model.config.fusion})"
-        flows[name] = encoder_gradient_flow(model, batch["pixel_values"], batch["input_ids"],
-                                            batch["attention_mask"], batch["labels"])
-        images[name] = pixels_to_image(batch["pixel_values"][0], processor)
-    print(f"Caption: {caption!r}\n")
-    print(gradient_flow_table(flows))
-    path = plot_gradient_maps(flows, images, args.output)
-    print(f"\ngradient maps: {path}")
-    summaries = {}
-    if args.batches > 0:
-        from ..data import make_shapes_dataset
-
-        for name, ckpt in zip(flows, (args.hive, args.baseline)):
-            model, processor = load_checkpoint(ckpt)
-            data = make_shapes_dataset(args.batches * args.batch_size, model.config.vision_config.image_size,
-                                       seed=args.seed, split="gradient_flow")
-            summaries[name] = summarize_flows(gradient_flow_over_batches(
-                model, processor, data["image"], data["caption"], args.batch_size))
-        print(f"\nOver {args.batches} batches of {args.batch_size} synthetic images (mean ± std):\n")
-        print(summary_table(summaries))
-    if args.json:
-        record = {n: f.to_dict() for n, f in flows.items()}
-        for name, summary in summaries.items():
-            record[name]["over_batches"] = asdict(summary)
-        Path(args.json).write_text(json.dumps(record, indent=2))
-    return flows
-
-
-if __name__ == "__main__":
-    main()

@@ -101,25 +101,12 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_times(step: Callable[[], Any], device: torch.device | str, warmup: int = 1, repeats: int = 3) -> list[float]:
-    """Wall-clock seconds of `repeats` runs of `step()` after `warmup` untimed ones (synchronised on CUDA)."""
-    device = torch.device(device)
-    times = []
-    for i in range(warmup + repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        step()
-        _synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
-
-
 def interleaved_step_times(
     steps: dict[str, Callable[[], Any]], device: torch.device | str, warmup: int = 1, repeats: int = 3
 ) -> dict[str, list[float]]:
-    """`step_times` for several steps taken in turn (a, b, c, a, b, c, ...), so that a machine shared with other
-    work slows them alike, rather than whichever happened to run during a busy minute."""
+    """Wall-clock seconds of `repeats` runs of each step after `warmup` untimed ones (synchronised on CUDA), the
+    steps taken in turn (a, b, c, a, b, c, ...), so that a machine shared with other work slows them alike, rather
+    than whichever happened to run during a busy minute."""
     device = torch.device(device)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(warmup + repeats):
@@ -183,5 +170,4 @@ __all__ = [
     "interleaved_step_times",
     "peak_memory_bytes",
     "resident_bytes",
-    "step_times",
 ]

@@ -1,8 +1,10 @@
-"""Data for HIVE pre-training: the embedded synthetic captioned-shapes set and robust image-caption loading.
+"""Data: the embedded synthetic captioned-shapes set, robust image-caption loading, and VQA benchmarks and
+conversations for the VLM evaluation.
 
 ``load_caption_dataset(source, ...)`` returns a dataset with an ``image`` column (``Image(decode=False)``: rows hold
 ``{"bytes", "path"}``) and a ``caption`` column; ``decode_image`` turns an image entry into RGB PIL or ``None`` for a
-bad file, which the training collators skip and count.
+bad file, which the collators (``collate.SkippingCollator``) skip and count. ``vqa`` reads the benchmarks' own
+layouts (GQA, OK-VQA, ScienceQA, MME), LLaVA conversations, and makes the synthetic shapes VQA.
 """
 
 from .captions import (

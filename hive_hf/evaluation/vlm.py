@@ -13,16 +13,14 @@ result is a plain LLaVA checkpoint with a `LlavaProcessor`: it loads with `AutoM
 Training data are conversations (`vqa_data.CONVERSATION_FEATURES`) rendered with the LLM's own chat template; the loss
 covers the assistant turns only (`ConversationCollator`). Evaluation asks lmms-eval's prompts in the same template,
 decodes greedily (16 new tokens) and scores with each benchmark's own metric (`hive_hf.metrics`), on data in the
-layout of :mod:`hive_hf.evaluation.vqa_data`.
+layout of :mod:`hive_hf.data.vqa`.
 """
 
 from __future__ import annotations
 
 import copy
-import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,11 +40,12 @@ from transformers.utils import logging
 
 from ..compat import AutoImageProcessor
 from ..data.captions import decode_image
+from ..data.collate import SkippingCollator
+from ..data.vqa import IMAGE_TOKEN, TASK_METRICS, training_answer, user_message
 from ..metrics import load_metric
 from ..modeling_hive import load_vision_tower
-from ..training import TrainingStages, apply_lora, merge_lora
-from ..training.collator import SkippingCollator
-from .vqa_data import IMAGE_TOKEN, TASK_METRICS, training_answer, user_message
+from ..runs.tables import markdown_table
+from ..training.lora import apply_lora, merge_lora
 
 logger = logging.get_logger(__name__)
 
@@ -55,46 +54,22 @@ __all__ = [
     "IMAGE_TOKEN",
     "SCORING_OPTIONS",
     "TASK_TITLES",
-    "VLM_STAGES",
-    "VLM_STAGE_COMPONENTS",
-    "VLM_STAGE_DEFAULTS",
-    "VLMStageHyperparameters",
     "ConversationCollator",
     "apply_vlm_lora",
     "assistant_spans",
+    "blind_baseline_scores",
     "build_llava",
     "compose_llava",
     "expand_to_square",
     "format_results_table",
     "generate_answers",
-    "llava_parameter_component",
     "load_vision_tower",
     "merge_vlm_lora",
     "question_prior_predictions",
     "score_predictions",
-    "set_vlm_training_stage",
 ]
 
 IMAGE_ASPECT_RATIOS = ("pad", "square")
-
-# What each VLM stage trains (LLaVA; the paper's Sec. 4): the encoder never.
-VLM_STAGE_COMPONENTS: dict[int, frozenset[str]] = {1: frozenset({"projector"}), 2: frozenset({"projector", "llm"})}
-
-
-@dataclass(frozen=True)
-class VLMStageHyperparameters:
-    batch_size: int
-    epochs: float
-    learning_rate: float
-
-
-# The paper's Table 5 (global batch 256 then 64, gradient clipping 1.0, warmup 66 / 347 of 2180 / 11540 steps, i.e. 3%,
-# cosine) with the authors' learning rates, epochs and weight decay (HIVE_florence.sh stages 4-5: 1e-3 then 2e-5, one
-# epoch each, no weight decay; the same batches). LLaVA-1.5 used 128 in stage 2; LoRA fine-tuning uses 2e-4 there.
-VLM_STAGE_DEFAULTS: dict[int, VLMStageHyperparameters] = {
-    1: VLMStageHyperparameters(batch_size=256, epochs=1, learning_rate=1e-3),
-    2: VLMStageHyperparameters(batch_size=64, epochs=1, learning_rate=2e-5),
-}
 
 # The scoring options of the metrics (`hive_hf.metrics`, whose scripts cannot be imported from): task -> (option, its
 # values), the first being the metric's default, lmms-eval's. `tests/test_vlm.py` checks these against the metrics.
@@ -244,42 +219,6 @@ def build_llava(
 # -- training stages --------------------------------------------------------------------------------------------------
 # `LlavaForConditionalGeneration` names: `model.vision_tower.*`, `model.multi_modal_projector.*`,
 # `model.language_model.*` (peft's LoRA wrappers included), `lm_head.*`.
-_LLAVA_VISION = re.compile(r"(^|\.)vision_tower\.")
-_LLAVA_PROJECTOR = re.compile(r"(^|\.)multi_modal_projector\.")
-
-
-def llava_parameter_component(name: str) -> str:
-    """Which part of a LLaVA model a parameter belongs to: vision_tower -> vision, multi_modal_projector ->
-    projector, the rest (language_model, lm_head) -> llm. The component rule of `VLM_STAGES`."""
-    if _LLAVA_VISION.search(name):
-        return "vision"
-    if _LLAVA_PROJECTOR.search(name):
-        return "projector"
-    return "llm"
-
-
-def set_vlm_training_stage(model: LlavaForConditionalGeneration, stage: int) -> dict[str, dict[str, int]]:
-    """Make exactly what VLM `stage` trains trainable: 1 the projector, 2 + the LLM (only its LoRA adapters when it
-    carries some); the vision encoder never. A stage setter for `HiveStageCallback` / `HiveTrainer(stage_setter=)`.
-    Returns `{component: {"trainable": n, "total": n}}` for vision, projector and llm."""
-    VLM_STAGES.check_stage(stage)
-    components = VLM_STAGE_COMPONENTS[stage]
-    has_lora = any("lora_" in name for name, _ in model.named_parameters())
-    counts = {c: {"trainable": 0, "total": 0} for c in ("vision", "projector", "llm")}
-    for name, param in model.named_parameters():
-        component = llava_parameter_component(name)
-        trainable = component in components and (component != "llm" or not has_lora or "lora_" in name)
-        param.requires_grad_(trainable)
-        counts[component]["total"] += param.numel()
-        counts[component]["trainable"] += param.numel() if trainable else 0
-    return counts
-
-
-# LLaVA's two stages, the encoder frozen in both (the paper's Sec. 4).
-VLM_STAGES = TrainingStages("VLM fine-tuning (the encoder stays frozen)", VLM_STAGE_COMPONENTS,
-                            llava_parameter_component, stage_setter=set_vlm_training_stage)
-
-
 def apply_vlm_lora(model: LlavaForConditionalGeneration, r: int = 16, alpha: int = 32, dropout: float = 0.05) -> None:
     """LoRA adapters (peft) on the LLM's attention and MLP projections, for a light stage 2."""
     apply_lora(model.model, r=r, alpha=alpha, dropout=dropout)
@@ -486,6 +425,13 @@ def question_prior_predictions(train: Any, dataset: Any) -> list[str]:
     return predictions
 
 
+def blind_baseline_scores(train: Any, dataset: Any, scoring: dict[str, dict[str, Any]] | None = None
+                          ) -> dict[str, dict[str, Any]]:
+    """`score_predictions` of the blind question-prior baseline (`question_prior_predictions`): what a model that
+    never looks at the image scores on `dataset`, trained on the questions of `train`."""
+    return score_predictions(dataset, question_prior_predictions(train, dataset), scoring)
+
+
 def _metric_inputs(task: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     if task == "mme":
         return {"references": [r["answers"][0] for r in rows], "image_ids": [r["image_id"] for r in rows],
@@ -532,9 +478,6 @@ def format_results_table(runs: dict[str, dict[str, dict[str, Any]]]) -> str:
     """A markdown table: one row per run (`{run name: score_predictions output}`), one column per task present, in
     the paper's order (MME, GQA, OK-VQA, ScienceQA)."""
     tasks = [t for t in TASK_TITLES if any(t in results for results in runs.values())]
-    header = "| | " + " | ".join(TASK_TITLES[t] for t in tasks) + " |"
-    lines = [header, "|---" * (len(tasks) + 1) + "|"]
-    for name, results in runs.items():
-        cells = [f"{results[t]['score']:.2f}" if t in results else "-" for t in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[name, *(f"{results[t]['score']:.2f}" if t in results else "-" for t in tasks)]
+            for name, results in runs.items()]
+    return markdown_table(["", *(TASK_TITLES[t] for t in tasks)], rows)

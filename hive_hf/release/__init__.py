@@ -2,8 +2,8 @@
 
 Reference: "Hierarchical Pre-Training of Vision Encoders with Large Language Models" (arXiv 2604.00086).
 
-`hive-release RUN_DIR REPO_ID` (or `python -m hive_hf.release`) publishes what `examples/run_pretrain.py` wrote into
-RUN_DIR (the layout of `hive_hf.training.staged_run.RunLayout`):
+`hive-release RUN_DIR REPO_ID` (`hive_hf.cli.release`) publishes what a pre-training run wrote into RUN_DIR (the layout
+of `hive_hf.runs.layout.RunLayout`):
 
 - `REPO_ID`: the full model (`HiveForConditionalGeneration` + `HiveProcessor`; remote code);
 - `REPO_ID-encoder` (or `--encoder_repo`): the encoder alone (`HiveVisionEncoderModel` + the tower's image processor;
@@ -14,14 +14,13 @@ RUN_DIR (the layout of `hive_hf.training.staged_run.RunLayout`):
 Every finished stage becomes one commit per repository, in stage order, tagged `stage1`, `stage2`, `stage3`; the last
 stage is the branch head. `--dry-run` writes the exact folders locally instead of pushing.
 
-One module per job: `records` (what each stage did), `unpickling` (reading an older run's `training_args.bin`
-safely), `tables` (results as Markdown), `cards` (the Jinja model cards), `folders` (what each commit holds), `hub`
-(commits and tags; never a pickle), `cli` (the command). Pushes during training are
-`hive_hf.training.hub.HiveHubCallback`.
+One module per job: `records` (what each stage did), `results` (evaluation results as Markdown), `cards` (the Jinja
+model cards), `folders` (what each commit holds), `hub` (commits and tags; never a pickle), `callbacks` (pushes during
+training: `HubPushCallback`, `HiveHubCallback`). The pickle rules are `hive_hf.runs.pickles`.
 """
 
+from .callbacks import HiveHubCallback, HubPushCallback, write_model_code
 from .cards import CardOptions, as_hub_id, render_model_card
-from .cli import build_parser, main
 from .errors import ReleaseError
 from .folders import write_stage_folders
 from .hub import ReleaseCommit, release_run
@@ -32,26 +31,24 @@ from .records import (
     stage_record_from_trainer,
     training_hyperparameters,
 )
-from .tables import find_results, results_markdown, results_table
-from .unpickling import load_training_args
+from .results import find_results, results_markdown
 
 __all__ = [
     "CardOptions",
+    "HiveHubCallback",
+    "HubPushCallback",
     "ReleaseCommit",
     "ReleaseError",
     "StageRecord",
     "as_hub_id",
-    "build_parser",
     "find_results",
     "finished_stages",
-    "load_training_args",
-    "main",
     "release_run",
     "render_model_card",
     "results_markdown",
-    "results_table",
     "stage_record_from_folder",
     "stage_record_from_trainer",
     "training_hyperparameters",
+    "write_model_code",
     "write_stage_folders",
 ]

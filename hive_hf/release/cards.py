@@ -18,9 +18,9 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from .. import __version__
 from ..configuration_hive import HiveConfig
-from ..training import HIVE_STAGES
+from ..runs.stages import HIVE_STAGES
+from ..runs.tables import results_table
 from .records import StageRecord
-from .tables import results_table
 
 PAPER_URL = "https://arxiv.org/abs/2604.00086"
 REPO_KINDS = ("full", "encoder", "stock")

@@ -13,6 +13,7 @@ from transformers import AutoProcessor
 
 from ..configuration_hive import HiveConfig
 from ..modeling_hive import HiveForConditionalGeneration, HiveVisionEncoderModel
+from ..runs.layout import stage_tag
 from .cards import CardOptions, render_model_card
 from .records import StageRecord
 
@@ -51,7 +52,7 @@ def write_stage_folders(
     """
     stage_dir = Path(stage_dir)
     stage = stages[-1].stage
-    tag = f"stage{stage}"
+    tag = stage_tag(stage)
     card_kwargs: dict[str, Any] = {
         "revision": tag,
         "revision_note": f"This revision (tag `{tag}`) holds the weights after pre-training stage {stage}"

@@ -20,29 +20,18 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..configuration_hive import HiveConfig
-from ..training.staged_run import HIVE_STAGE_MARKER, RunLayout
+from ..runs.layout import HIVE_STAGE_MARKER, RunLayout, stage_tag
+from ..runs.pickles import pickled_files
 from .cards import REPO_LABELS, CardOptions, as_hub_id
 from .errors import ReleaseError
 from .folders import write_stage_folders
 from .records import StageRecord, finished_stages, stage_record_from_folder
-from .tables import find_results
+from .results import find_results
 
 logger = logging.get_logger(__name__)
 
 # A stage commit replaces the weights: stale shards of an earlier release must not stay next to new weights.
 _WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin"]
-# What torch and pickle write (`torch.save`: training_args.bin, optimizer.pt, rng_state.pth, ...). Loading a pickle
-# runs whatever code it names, so none is ever pushed: weights go up as safetensors, records as JSON.
-PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
-
-
-def pickled_files(folder: str | os.PathLike) -> list[str]:
-    """The files under `folder` (relative paths) that `PICKLE_PATTERNS` name."""
-    folder = Path(folder)
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and any(fnmatch.fnmatch(p.name, pattern) for pattern in PICKLE_PATTERNS))
-
-
 @dataclass
 class ReleaseCommit:
     """One stage of one repository: the folder it was built from and, when pushed, its commit."""
@@ -212,7 +201,7 @@ def release_run(
                                           unit="folder" if dry_run else "commit") as progress:
         for stage, stage_dir in stages.items():
             records.append(stage_record_from_folder(stage_dir, stage))
-            tag = f"stage{stage}"
+            tag = stage_tag(stage)
             folders = {kind: work / rid / tag for kind, rid in repos.items()}
             for folder in folders.values():
                 shutil.rmtree(folder, ignore_errors=True)

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training import HIVE_STAGES
-from ..training.arguments import read_training_args
-from ..training.staged_run import HIVE_STAGE_MARKER, RunLayout
-from .unpickling import load_training_args
+from ..runs.layout import RunLayout, read_stage_marker, read_training_args
+from ..runs.pickles import load_training_args
+from ..runs.stages import HIVE_STAGES
 
 
 @dataclass
@@ -65,7 +64,7 @@ def stage_record_from_folder(folder: str | os.PathLike, stage: int | None = None
     `training_args.json`, or for runs from before it, the Trainer's pickled `training_args.bin` read with
     `load_training_args`); `stage` defaults to the one recorded there."""
     folder = Path(folder)
-    marker = _read_json(folder / HIVE_STAGE_MARKER)
+    marker = read_stage_marker(folder)
     state = _read_json(folder / "trainer_state.json")
     config = _read_json(folder / "config.json")
     history = marker.get("log_history") or state.get("log_history") or []
@@ -105,5 +104,5 @@ def stage_record_from_trainer(stage: int | None, args: Any, state: Any) -> Stage
 
 
 def finished_stages(run_dir: str | os.PathLike, warn: bool = True) -> dict[int, Path]:
-    """`{stage: folder}` for the `stage<k>` folders of a run_pretrain output that finished, in stage order."""
+    """`{stage: folder}` for the stage folders of a pre-training run that finished, in stage order."""
     return RunLayout(run_dir).finished_stages(HIVE_STAGES.stages, warn=warn)

@@ -1,32 +1,35 @@
-"""Three-stage HIVE pre-training (and staged LLaVA fine-tuning) on top of `transformers.Trainer`."""
+"""Staged training on top of `transformers.Trainer`: three-stage HIVE pre-training and the staged LLaVA fine-tuning
+of an encoder.
 
-from .callback import HiveStageCallback, SkippedImagesCallback, StageSetter
+- `HiveTrainer` (`trainer`): stage-aware optimizer groups, skipped-image counts; `HiveStageCallback` and
+  `SkippedImagesCallback` (`callback`) apply and guard a stage and keep the counts across a resume;
+- `HiveCaptionCollator` (`collator`): image-caption batches for pre-training;
+- `StagedTrainingArguments`, `stage_training_args` (`arguments`): one value per stage, the same global batch on any
+  number of processes;
+- `StagedRun` (`staged_run`): the stages one after another in a run folder, resumable;
+- `apply_lora`, `merge_lora` (`lora`): the LoRA stage.
+
+What stages exist and what each trains is `hive_hf.runs.stages`; the recipes are `hive_hf.runs.recipes`.
+"""
+
+from .arguments import StagedTrainingArguments, split_global_batch, stage_training_args
+from .callback import HiveStageCallback, SkippedImagesCallback
 from .collator import HiveCaptionCollator
-from .stages import (
-    HIVE_STAGES,
-    STAGE_DEFAULTS,
-    STAGE_RECIPES,
-    StageHyperparameters,
-    TrainingStages,
-    apply_lora,
-    last_complete_checkpoint,
-    merge_lora,
-)
+from .lora import apply_lora, merge_lora, merged_lora_state_dict
+from .staged_run import StagedRun
 from .trainer import HiveTrainer, build_param_groups
 
 __all__ = [
-    "HIVE_STAGES",
     "HiveCaptionCollator",
     "HiveStageCallback",
     "HiveTrainer",
     "SkippedImagesCallback",
-    "STAGE_DEFAULTS",
-    "STAGE_RECIPES",
-    "StageHyperparameters",
-    "StageSetter",
-    "TrainingStages",
+    "StagedRun",
+    "StagedTrainingArguments",
     "apply_lora",
     "build_param_groups",
-    "last_complete_checkpoint",
     "merge_lora",
+    "merged_lora_state_dict",
+    "split_global_batch",
+    "stage_training_args",
 ]

@@ -1,24 +1,21 @@
-"""Argument plumbing shared by the example scripts: one JSON file plus flags, per-stage `TrainingArguments`, the Hub
-token kept out of them, and the arguments written as JSON."""
+"""Per-stage `TrainingArguments`: a staged run's arguments hold one value per stage for what changes between stages
+(`StagedTrainingArguments`), and each stage trains with plain `TrainingArguments` whose global batch stays the same on
+any number of processes (`stage_training_args`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging as pylogging
-import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import transformers
-from transformers import HfArgumentParser, TrainingArguments
-from transformers.trainer_utils import HubStrategy
+from transformers import TrainingArguments
 from transformers.utils import logging
 
-from .stages import TrainingStages
+from ..runs.layout import stage_tag
+from ..runs.pickles import check_hub_strategy
+from ..runs.stages import TrainingStages
 
 logger = logging.get_logger(__name__)
 
@@ -32,87 +29,6 @@ _PER_STAGE = {
     "stage_max_grad_norms": ("max_grad_norm", "max_grad_norm"),
     "stage_warmup_steps": ("warmup_steps", "warmup_steps"),
 }
-
-
-def parse_json_or_flags(parser: HfArgumentParser, argv: list[str] | None = None) -> tuple[Any, ...]:
-    """Parse flags, or one JSON file optionally followed by flags that override it (lists become repeated values).
-
-    Raises `ValueError` naming the file when it does not exist or is not one JSON object, and whatever the argument
-    dataclasses' `__post_init__` raise for values that do not go together.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].endswith(".json"):
-        path = Path(argv[0])
-        if not path.is_file():
-            raise ValueError(f"the config file {path} does not exist")
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"the config file {path} is not valid JSON: {err}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"the config file {path} must hold one JSON object of flag names and values")
-        flags = []
-        for key, value in values.items():
-            values = value if isinstance(value, list) else [value]
-            flags += [f"--{key}", *(str(v) for v in values)]
-        argv = flags + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-TRAINING_ARGS_JSON = "training_args.json"  # next to the Trainer's `training_args.bin`, which is a pickle
-# Hub strategies that upload checkpoint folders as they are: with the optimizer, scheduler and RNG state, which torch
-# saves as pickles.
-PICKLING_HUB_STRATEGIES = (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS)
-
-
-def take_hub_token(args: TrainingArguments) -> str | None:
-    """Take `--hub_token` out of `args` and return it, for the caller to hand to the Hub client in memory
-    (`hive_hf.training.hub.HubPushCallback(token=...)`).
-
-    Call it right after parsing. `TrainingArguments.to_dict` masks the token, but the Trainer also pickles its
-    arguments as they are into every checkpoint and saved model (`training_args.bin`), so a token left in them is
-    written to disk in clear text. A token from `HF_TOKEN` or `hf auth login` is never in the arguments: the Hub
-    client reads it itself.
-    """
-    token, args.hub_token = args.hub_token, None
-    return token
-
-
-def check_hub_strategy(strategy: HubStrategy | str) -> None:
-    """Refuse a `hub_strategy` that uploads checkpoint folders: their optimizer, scheduler and RNG state are pickles."""
-    strategy = HubStrategy(strategy)
-    if strategy in PICKLING_HUB_STRATEGIES:
-        raise ValueError(
-            f"`hub_strategy` must be 'every_save' or 'end', got {strategy.value!r}: it uploads whole checkpoint "
-            "folders, whose optimizer, scheduler and RNG state torch saves as pickles, and nothing pickled is pushed. "
-            "Checkpoints to resume from stay in --output_dir."
-        )
-
-
-def check_hub_settings(args: TrainingArguments) -> None:
-    """Refuse Hub settings that would put a secret or a pickle on disk or on the Hub (`ValueError` naming the
-    field): a `hub_token` left in the arguments, or a `hub_strategy` that uploads checkpoint folders."""
-    if args.hub_token is not None:
-        raise ValueError(
-            "`hub_token` is set in the training arguments, which the Trainer pickles into every checkpoint "
-            "(training_args.bin) with the token in clear text. Pass the token to the push callback instead "
-            "(HubPushCallback(token=...)), or use HF_TOKEN / `hf auth login`."
-        )
-    check_hub_strategy(args.hub_strategy)
-
-
-def write_training_args(args: TrainingArguments, folder: str | Path) -> Path:
-    """Write `args` as `training_args.json` in `folder` (`TrainingArguments.to_json_string`: tokens masked), what a
-    run's records and the Hub get instead of the pickled `training_args.bin`."""
-    path = Path(folder) / TRAINING_ARGS_JSON
-    path.write_text(args.to_json_string() + "\n")
-    return path
-
-
-def read_training_args(folder: str | Path) -> dict[str, Any] | None:
-    """The arguments `write_training_args` wrote into `folder`, or None if it wrote none."""
-    path = Path(folder) / TRAINING_ARGS_JSON
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def split_global_batch(global_batch: int, max_per_device: int, replicas: int, stage: int | None = None
@@ -153,7 +69,7 @@ def stage_training_args(
     device takes).
 
     `push_to_hub` is off in them: the Trainer's own pushes upload `training_args.bin`, a pickle of the arguments, so a
-    staged run pushes with `hive_hf.training.hub.HubPushCallback`, which reads the `hub_*` settings from them.
+    staged run pushes with `hive_hf.release.HubPushCallback`, which reads the `hub_*` settings from them.
 
     DDP runs without `find_unused_parameters` unless `--ddp_find_unused_parameters` says otherwise: every stage freezes
     what its forward does not reach, so the per-step search of the autograd graph would find nothing
@@ -176,8 +92,8 @@ def stage_training_args(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation,
-        run_name=f"{args.run_name or Path(args.output_dir).name}-stage{stage}",
-        hub_model_id=f"{args.hub_model_id}-stage{stage}" if args.hub_model_id else None,
+        run_name=f"{args.run_name or Path(args.output_dir).name}-{stage_tag(stage)}",
+        hub_model_id=f"{args.hub_model_id}-{stage_tag(stage)}" if args.hub_model_id else None,
         push_to_hub=False,
         **overrides,
     )
@@ -223,7 +139,7 @@ class StagedTrainingArguments(TrainingArguments):
         super().__post_init__()
         all_stages = self.STAGES.stages
         self.stages = list(all_stages) if self.stages is None else list(self.stages)
-        self.STAGES.check_stages(self.stages)
+        self.STAGES.check_stages(self.stages, name="--stages")
         for name in self._per_stage_flags():
             attr = _PER_STAGE[name][0]
             if getattr(self, name) is None:
@@ -240,10 +156,17 @@ class StagedTrainingArguments(TrainingArguments):
             raise ValueError("--save_on_each_node is for nodes that do not share storage; a staged run needs its "
                              "--output_dir on storage that every node sees (each stage starts from the previous "
                              "stage's folder), so leave it False.")
-        if self.lora_r and 2 not in self.stages:
-            raise ValueError(f"--lora_r {self.lora_r} applies to stage 2, which --stages {self.stages} does not run.")
+        lora_stage = self.STAGES.lora_stage
+        if self.lora_r and lora_stage not in self.stages:
+            raise ValueError(f"--lora_r {self.lora_r} applies to stage {lora_stage}, which --stages {self.stages} does "
+                             "not run.")
         if self.push_to_hub:
             check_hub_strategy(self.hub_strategy)
+
+    def stage_settings_record(self) -> dict[str, Any]:
+        """This run's stages, per-stage values and LoRA settings (and a subclass's recipe), for its records."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name.startswith(("stage", "lora_", "recipe"))}
 
     def _per_stage_flags(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if f.name in _PER_STAGE]
@@ -259,28 +182,3 @@ class StagedTrainingArguments(TrainingArguments):
     def stage_settings(self, stage: int) -> dict[str, Any]:
         """`TrainingArguments` fields a stage sets beyond the per-stage flags (a recipe's schedule, decay, ...)."""
         return {}
-
-
-def setup_logging(main_process: bool = True) -> None:
-    """What the scripts log: transformers at warning level (the Trainer's progress bars still show), hive_hf at info
-    on the main process."""
-    pylogging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    pylogging.getLogger("hive_hf").setLevel(pylogging.INFO if main_process else pylogging.WARNING)
-    transformers.utils.logging.set_verbosity_warning()
-
-
-@contextmanager
-def user_errors(prog: str | None = None) -> Iterator[None]:
-    """Report a user's mistake the way argparse does: `<prog>: error: <message>` on stderr and exit status 2, with no
-    traceback. Wrap the steps that read flags, config files, checkpoints' configs and datasets.
-
-    `ValueError` (values that cannot work together, wrong columns, invalid JSON) and `OSError` (a path that does not
-    exist, a checkpoint or dataset that cannot be found) raised inside are the user's; anything else is a bug and
-    keeps its traceback.
-    """
-    try:
-        yield
-    except (ValueError, OSError) as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        sys.stderr.write(f"{prog or Path(sys.argv[0]).name}: error: {message}\n")
-        raise SystemExit(2) from None

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,11 +13,12 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
+from ..runs.stages import StageSetter
+
 logger = logging.get_logger(__name__)
 
-# `stage_setter(model, stage)` makes exactly what `stage` trains trainable and returns
-# `{component: {"trainable": n, "total": n}}`, like `HiveForConditionalGeneration.set_training_stage`.
-StageSetter = Callable[[torch.nn.Module, int], dict[str, dict[str, int]]]
+# Setters saved under an earlier import path by checkpoints of runs from before they moved.
+_MOVED_SETTERS = {"hive_hf.evaluation.vlm:set_vlm_training_stage": "hive_hf.runs.stages:set_vlm_training_stage"}
 
 
 def _fingerprint(param: torch.Tensor) -> tuple[float, float]:
@@ -38,7 +38,7 @@ def _setter_path(setter: StageSetter) -> str:
 
 
 def _resolve_setter(path: str) -> StageSetter:
-    module, _, name = path.partition(":")
+    module, _, name = _MOVED_SETTERS.get(path, path).partition(":")
     return getattr(importlib.import_module(module), name)
 
 
@@ -47,7 +47,7 @@ class HiveStageCallback(TrainerCallback, ExportableState):
     component at train start, and raises if a frozen parameter ever holds a gradient or changes value.
 
     The stage is applied by `model.set_training_stage(stage)` (HIVE models), or by `stage_setter(model, stage)` for a
-    model without that method (e.g. `hive_hf.evaluation.vlm.set_vlm_training_stage` for a LLaVA model); a setter is
+    model without that method (e.g. `hive_hf.runs.stages.set_vlm_training_stage` for a LLaVA model); a setter is
     a module-level function, saved by import path so that restoring the callback from a checkpoint finds it again.
     Either one rejects a stage that does not exist, when the Trainer is built.
 

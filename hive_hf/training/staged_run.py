@@ -1,123 +1,39 @@
-"""Staged runs: the folder a run writes (`RunLayout`) and the per-stage loop (`StagedRun`).
+"""Staged runs (`StagedRun`): each stage one `HiveTrainer` run with its own hyperparameters
+(`StagedTrainingArguments.for_stage`), starting from the previous stage's weights, in its own folder of the run's
+layout (`hive_hf.runs.layout.RunLayout`).
 
-HIVE pre-training (`examples/run_pretrain.py`, stages 1-3) and the LLaVA fine-tuning of an encoder
-(`examples/run_vlm_finetune.py`, stages 1-2) are the same loop: each stage is one `HiveTrainer` run with its own
-hyperparameters (`StagedTrainingArguments.for_stage`), starting from the previous stage's weights, in its own folder.
-A stage that finished leaves a marker file and is skipped when the command runs again; an interrupted one resumes
-from its last complete checkpoint. `hive_hf.release` reads the same layout to publish a run.
-
-A run folder (`--output_dir`):
-
-    run_args.json               what was run, readable without unpickling (pre-training; no tokens)
-    backbones/vision, text      tiny stand-in backbones (`--tiny_backbones`, `--tiny_text_backbone`), pre-trained
-                                briefly on the run's own data (`--tiny_*_pretrain_steps`)
-    init/                       the model and processor before stage 1, saved once so that a restart starts from the
-                                same weights
-    stage<k>/checkpoint-<step>  the Trainer's checkpoints while stage k runs (`--save_steps`; kept for resuming)
-    stage<k>/                   once stage k finished: the weights with config and processor, ready for
-                                `from_pretrained`; the marker (`hive_stage.json` / `vlm_stage.json`: metrics and loss
-                                history); all_results.json, train_results.json, trainer_state.json;
-                                training_args.json (the stage's arguments; the Trainer's training_args.bin holds
-                                the same pickled, and is never pushed); loss_curve.png
-    loss_curves.png             every stage run, one after another
+HIVE pre-training (stages 1-3) and the LLaVA fine-tuning of an encoder (stages 1-2) are the same loop. A stage that
+finished leaves a marker file and is skipped when the command runs again; an interrupted one resumes from its last
+complete checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import datasets
 import torch
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
-    PreTrainedModel,
     ProcessorMixin,
     Trainer,
     TrainerCallback,
 )
 from transformers.utils import logging
 
-from ..analysis.plots import plot_loss_curves
-from .arguments import StagedTrainingArguments, write_training_args
-from .stages import TrainingStages, apply_lora, last_complete_checkpoint, merge_lora
+from ..runs.layout import RunLayout, stage_tag, write_training_args
+from ..runs.plots import plot_loss_curves
+from ..runs.stages import TrainingStages
+from ..runs.tables import markdown_table
+from .arguments import StagedTrainingArguments
+from .lora import apply_lora, merge_lora
 from .trainer import HiveTrainer
 
 logger = logging.get_logger(__name__)
-
-HIVE_STAGE_MARKER = "hive_stage.json"  # a finished pre-training stage
-VLM_STAGE_MARKER = "vlm_stage.json"  # a finished VLM fine-tuning stage
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Where a staged run keeps what (see the module docstring). `marker` names the file that says a stage finished:
-    `HIVE_STAGE_MARKER` for pre-training, `VLM_STAGE_MARKER` for the VLM fine-tuning."""
-
-    root: Path
-    marker: str = HIVE_STAGE_MARKER
-
-    RUN_ARGS: ClassVar[str] = "run_args.json"
-    LOSS_CURVE: ClassVar[str] = "loss_curve.png"
-    LOSS_CURVES: ClassVar[str] = "loss_curves.png"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def init_dir(self) -> Path:
-        return self.root / "init"
-
-    @property
-    def backbones_dir(self) -> Path:
-        return self.root / "backbones"
-
-    @property
-    def run_args(self) -> Path:
-        return self.root / self.RUN_ARGS
-
-    @property
-    def loss_curves(self) -> Path:
-        return self.root / self.LOSS_CURVES
-
-    def stage_dir(self, stage: int) -> Path:
-        return self.root / f"stage{stage}"
-
-    def marker_path(self, stage: int) -> Path:
-        return self.stage_dir(stage) / self.marker
-
-    def finished(self, stage: int) -> bool:
-        """Stage `stage` ran to the end: its marker is written after its weights."""
-        return self.marker_path(stage).is_file() and (self.stage_dir(stage) / "config.json").is_file()
-
-    def read_marker(self, stage: int) -> dict[str, Any]:
-        return json.loads(self.marker_path(stage).read_text())
-
-    def finished_stages(self, stages: Sequence[int], warn: bool = True) -> dict[int, Path]:
-        """`{stage: folder}` for the stages among `stages` that finished, in order; a stage folder left unfinished
-        is reported (with `warn`) and left out."""
-        done = {}
-        for stage in stages:
-            folder = self.stage_dir(stage)
-            if self.finished(stage):
-                done[stage] = folder
-            elif warn and folder.is_dir():
-                logger.warning(f"{folder} has no {self.marker}: stage {stage} did not finish.")
-        return done
-
-    def write_init(self, build: Callable[[], tuple[PreTrainedModel, ProcessorMixin]]) -> Path:
-        """The stage-1 starting point: `build()` once, saved to `init/`; a restarted run finds it there."""
-        if (self.init_dir / "config.json").is_file() and (self.init_dir / "processor_config.json").is_file():
-            return self.init_dir
-        model, processor = build()
-        model.save_pretrained(self.init_dir)
-        processor.save_pretrained(self.init_dir)
-        return self.init_dir
-
 
 @dataclass
 class StagedRun:
@@ -126,11 +42,12 @@ class StagedRun:
     Args:
         layout: the run folder.
         args: the per-stage hyperparameters; `args.stages` are run, in order.
-        stages: what each stage trains (`HIVE_STAGES`, `hive_hf.evaluation.vlm.VLM_STAGES`).
+        stages: what each stage trains (`hive_hf.runs.stages.HIVE_STAGES`, `VLM_STAGES`).
         make_collator: builds the batch collator from the stage's processor.
         model_kwargs: for `from_pretrained` of each stage's starting model (e.g. `attn_implementation`).
         lr_multipliers: per-component learning-rate factors (`HiveTrainer`).
-        apply_lora / merge_lora: how stage 2 puts LoRA adapters on the LLM (`args.lora_r > 0`) and folds them back.
+        apply_lora / merge_lora: how `stages.lora_stage` puts LoRA adapters on the LLM (`args.lora_r > 0`) and folds
+            them back.
         callbacks: more Trainer callbacks for every stage (e.g. `HiveHubCallback`).
         after_save: called with the trainer once a stage's final weights are saved (e.g. `HubPushCallback.push_final`).
     """
@@ -166,7 +83,7 @@ class StagedRun:
 
         model = AutoModelForImageTextToText.from_pretrained(start_dir, **self.model_kwargs)
         processor = AutoProcessor.from_pretrained(start_dir)
-        lora = stage == 2 and self.args.lora_r > 0
+        lora = stage == self.stages.lora_stage and self.args.lora_r > 0
         if lora:
             self.apply_lora(model, r=self.args.lora_r, alpha=self.args.lora_alpha, dropout=self.args.lora_dropout)
         stage_args = self.args.for_stage(stage, stage_dir)
@@ -180,7 +97,7 @@ class StagedRun:
             lr_multipliers=self.lr_multipliers, processing_class=processor,  # checkpoints carry the processor too
             callbacks=list(self.callbacks) or None,
         )
-        last = last_complete_checkpoint(stage_dir)
+        last = self.layout.last_checkpoint(stage)
         if last:
             logger.warning(f"stage {stage}: resuming from {last}")
         result = trainer.train(resume_from_checkpoint=last)
@@ -195,22 +112,22 @@ class StagedRun:
         metrics["skipped_images"] = trainer.total_skipped_images()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [metrics["train_loss"]]
         metrics.update(stage=stage, first_loss=losses[0], last_loss=losses[-1])
-        trainer.log_metrics(f"stage{stage}", metrics)
+        trainer.log_metrics(stage_tag(stage), metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
         if trainer.is_world_process_zero():
             fusion = getattr(model.config, "fusion", None)
             plot_loss_curves({f"stage {stage}": trainer.state.log_history}, stage_dir / self.layout.LOSS_CURVE,
                              title=f"{self.stages.name}, stage {stage}" + (f" ({fusion})" if fusion else ""))
-            self.layout.marker_path(stage).write_text(
-                json.dumps({**metrics, "log_history": trainer.state.log_history}, indent=2))
+            self.layout.write_marker(stage, {**metrics, "log_history": trainer.state.log_history})
             if metrics["skipped_images"]:
                 logger.warning(f"stage {stage}: skipped {metrics['skipped_images']} unreadable images")
         trainer.accelerator.wait_for_everyone()
         return self.layout.read_marker(stage)
 
-    def summary(self, summaries: dict[int, dict[str, Any]]) -> list[str]:
-        """One line per stage: its loss, time, skipped images and checkpoint folder."""
-        return [f"  stage {s}: loss {m['first_loss']:.3f} -> {m['last_loss']:.3f} in {m['train_runtime']:.1f}s "
-                f"({m['skipped_images']} images skipped), checkpoint {self.layout.stage_dir(s)}"
-                for s, m in summaries.items()]
+    def summary_table(self, summaries: dict[int, dict[str, Any]]) -> str:
+        """The run's stages as a markdown table: what each trains, its loss (first -> last logged), train time and
+        the images it skipped. What the run prints at the end and writes as its results file."""
+        rows = [[str(stage), self.stages.trains(stage), f"{m['first_loss']:.3f} -> {m['last_loss']:.3f}",
+                 f"{m['train_runtime']:.1f} s", str(m.get("skipped_images", 0))] for stage, m in summaries.items()]
+        return markdown_table(["stage", "trains", "loss (first -> last logged)", "train time", "skipped images"], rows)

@@ -13,9 +13,10 @@ import torch
 from transformers import Trainer
 from transformers.utils import logging
 
+from ..data.collate import SKIPPED_KEY
 from ..modeling_hive import parameter_component
-from .callback import HiveStageCallback, SkippedImagesCallback, StageSetter
-from .collator import SKIPPED_KEY
+from ..runs.stages import StageSetter
+from .callback import HiveStageCallback, SkippedImagesCallback
 
 logger = logging.get_logger(__name__)
 

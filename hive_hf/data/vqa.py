@@ -220,19 +220,19 @@ def _to_dataset(records: list[dict[str, Any]], source: str) -> datasets.Dataset:
     return datasets.Dataset.from_dict(columns, features=VQA_FEATURES)
 
 
-def _check_images_exist(paths: list[str], flag: str) -> None:
+def _check_images_exist(paths: list[str], parameter: str) -> None:
     missing = [p for p in dict.fromkeys(paths) if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} image file(s) not found, e.g. {missing[0]!r}; check {flag} (an evaluation with missing "
-            "images would score a different question set)."
+            f"{len(missing)} image file(s) not found, e.g. {missing[0]!r}; check `{parameter}` (an evaluation with "
+            "missing images would score a different question set)."
         )
 
 
-def _read_json(path: str | os.PathLike, flag: str) -> Any:
+def _read_json(path: str | os.PathLike, parameter: str) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{flag} {str(path)!r} is not a file.")
+        raise FileNotFoundError(f"`{parameter}` {str(path)!r} is not a file.")
     if path.suffix == ".jsonl":
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return json.loads(path.read_text())
@@ -342,7 +342,7 @@ def write_shapes_conversations(folder: str | os.PathLike, num_images: int = 1000
 # -- published benchmark layouts --------------------------------------------------------------------------------------
 def load_gqa(questions_file: str | os.PathLike, image_dir: str | os.PathLike) -> datasets.Dataset:
     """GQA: `{question_id: {"imageId", "question", "answer", ...}}` and `<image_dir>/<imageId>.jpg`; exact match."""
-    questions = _read_json(questions_file, "--questions_file")
+    questions = _read_json(questions_file, "questions_file")
     if not isinstance(questions, dict):
         raise ValueError(f"GQA questions file {questions_file} must map question ids to questions.")
     records, paths = [], []
@@ -353,7 +353,7 @@ def load_gqa(questions_file: str | os.PathLike, image_dir: str | os.PathLike) ->
         path = os.path.join(image_dir, f"{q['imageId']}.jpg")
         paths.append(path)
         records.append(_record(qid, path, q["question"], [q["answer"]], image_id=q["imageId"], task="gqa"))
-    _check_images_exist(paths, "--image_dir")
+    _check_images_exist(paths, "image_dir")
     return _to_dataset(records, str(questions_file))
 
 
@@ -371,11 +371,11 @@ def load_okvqa(
 ) -> datasets.Dataset:
     """OK-VQA (VQA-v2 layout): `{"questions": [{"question_id", "image_id", "question"}], "data_subtype"}` and
     `{"annotations": [{"question_id", "answers": [{"answer"}, ...]}]}`; scored with VQA soft accuracy."""
-    questions = _read_json(questions_file, "--questions_file")
-    annotations = _read_json(annotations_file, "--annotations_file")
+    questions = _read_json(questions_file, "questions_file")
+    annotations = _read_json(annotations_file, "annotations_file")
     if "questions" not in questions or "annotations" not in annotations:
-        raise ValueError("OK-VQA needs the VQA-v2 style questions json ({'questions': [...]}) as --questions_file and "
-                         "the annotations json ({'annotations': [...]}) as --annotations_file.")
+        raise ValueError("OK-VQA needs the VQA-v2 style questions json ({'questions': [...]}) as `questions_file` and "
+                         "the annotations json ({'annotations': [...]}) as `annotations_file`.")
     answers = {a["question_id"]: [x["answer"] for x in a["answers"]] for a in annotations["annotations"]}
     subtype = questions.get("data_subtype")
     records, paths = [], []
@@ -386,7 +386,7 @@ def load_okvqa(
         paths.append(path)
         records.append(_record(q["question_id"], path, q["question"], answers[q["question_id"]],
                                image_id=q["image_id"], task="vqa"))
-    _check_images_exist(paths, "--image_dir")
+    _check_images_exist(paths, "image_dir")
     return _to_dataset(records, str(questions_file))
 
 
@@ -405,10 +405,10 @@ def load_scienceqa(
     lmms-eval's `scienceqa` task scores, and so the paper's number); `"img"` only those with an image
     (ScienceQA-IMG, lmms-eval's `scienceqa_img`, what LLaVA papers usually report)."""
     if subset not in SCIENCEQA_SUBSETS:
-        raise ValueError(f"--scienceqa_subset must be one of {SCIENCEQA_SUBSETS}, got {subset!r}.")
+        raise ValueError(f"`scienceqa_subset` must be one of {SCIENCEQA_SUBSETS}, got {subset!r}.")
     if str(source).endswith(".json"):
         if image_dir is None:
-            raise ValueError("ScienceQA's problems.json needs --image_dir (the folder holding its images).")
+            raise ValueError("ScienceQA's problems.json needs `image_dir` (the folder holding its images).")
         return _scienceqa_problems(source, image_dir, split, subset)
     name = {"full": "ScienceQA-FULL", "img": "ScienceQA-IMG"}[subset]  # the Hub dataset's configurations
     table = _load_parquet_or_dataset(str(source), split, name=name)
@@ -428,7 +428,7 @@ def load_scienceqa(
 
 def _scienceqa_problems(problems_file: str | os.PathLike, image_dir: str | os.PathLike, split: str, subset: str
                         ) -> datasets.Dataset:
-    problems = _read_json(problems_file, "--questions_file")
+    problems = _read_json(problems_file, "questions_file")
     if not isinstance(problems, dict):
         raise ValueError(f"ScienceQA problems file {problems_file} must map problem ids to problems.")
     records, paths = [], []
@@ -443,7 +443,7 @@ def _scienceqa_problems(problems_file: str | os.PathLike, image_dir: str | os.Pa
         records.append(_record(pid, path, _scienceqa_question(p.get("hint"), p["question"]),
                                [p["choices"][p["answer"]]], image_id=pid, choices=p["choices"],
                                answer_index=p["answer"], task="scienceqa"))
-    _check_images_exist(paths, "--image_dir")
+    _check_images_exist(paths, "image_dir")
     return _to_dataset(records, f"{problems_file} (split {split!r}, {subset} subset)")
 
 
@@ -510,7 +510,7 @@ def load_vqa_records(source: str, image_dir: str | os.PathLike | None = None, sp
     `question`, `answers` (strings or `{"answer": ...}`) or `answer` (a string, or an option index with `choices`),
     optional `choices`/`options`, `answer_index`, `category`, `question_id`/`id`, `image_id`, `task`."""
     if os.path.isfile(source):
-        rows = _read_json(source, "--questions_file")
+        rows = _read_json(source, "questions_file")
         if isinstance(rows, dict):
             rows = [{"question_id": k, **v} for k, v in rows.items()]
     else:
@@ -532,7 +532,7 @@ def load_vqa_records(source: str, image_dir: str | os.PathLike | None = None, sp
             choices=row.get("choices") or row.get("options") or [], answer_index=index,
             category=row.get("category", ""), task=row.get("task"),
         ))
-    _check_images_exist(paths, "--image_dir")
+    _check_images_exist(paths, "image_dir")
     return _to_dataset(records, source)
 
 
@@ -599,7 +599,7 @@ def load_conversations(source: str, image_dir: str | os.PathLike | None = None, 
     most; without one, it goes before the first user turn's text, as LLaVA does.
     """
     if os.path.isfile(source):
-        rows = _read_json(source, "--train_questions_file")
+        rows = _read_json(source, "source")
         if not isinstance(rows, list):
             raise ValueError(f"{source} must hold a list of conversations (LLaVA's format).")
     else:
@@ -619,11 +619,28 @@ def load_conversations(source: str, image_dir: str | os.PathLike | None = None, 
             paths.append(image["path"])
         messages = _conversation_turns(row, image is not None, row_id, image_token)
         records.append({"id": row_id, "image": image, "messages": messages})
-    _check_images_exist(paths, "--train_image_dir")
+    _check_images_exist(paths, "image_dir")
     if not records:
         raise ValueError(f"{source} holds no conversation.")
     columns = {name: [r[name] for r in records] for name in CONVERSATION_FEATURES}
     return datasets.Dataset.from_dict(columns, features=CONVERSATION_FEATURES)
+
+
+def check_benchmark_files(benchmark: str, questions_file: str | None = None, annotations_file: str | None = None,
+                          image_dir: str | None = None, choices: tuple[str, ...] = BENCHMARKS) -> None:
+    """The one rule of which files a benchmark (one of `choices`; conversations for training) reads: `ValueError`
+    naming the parameter a benchmark needs and lacks. Nothing is opened."""
+    if benchmark not in choices:
+        raise ValueError(f"`benchmark` must be one of {choices}, got {benchmark!r}.")
+    if benchmark == "shapes":
+        return
+    if questions_file is None:
+        raise ValueError(f"`benchmark` {benchmark} reads `questions_file`; give its path.")
+    needs_images = benchmark in ("gqa", "okvqa") or (benchmark == "scienceqa" and questions_file.endswith(".json"))
+    if needs_images and image_dir is None:
+        raise ValueError(f"`benchmark` {benchmark} needs `image_dir` (the folder holding its images).")
+    if benchmark == "okvqa" and annotations_file is None:
+        raise ValueError("`benchmark` okvqa needs `annotations_file` (the VQA-v2 style annotations json).")
 
 
 def load_vqa_benchmark(
@@ -640,17 +657,9 @@ def load_vqa_benchmark(
     """One of :data:`BENCHMARKS` in the :data:`VQA_FEATURES` layout. `shapes` is generated (`num_images`,
     `image_size`, `seed`, `split`); the others read `questions_file` (MME and ScienceQA: also their lmms-lab parquet
     source) and the files beside; ScienceQA keeps `scienceqa_subset` ("full" or "img")."""
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"--benchmark must be one of {BENCHMARKS}, got {benchmark!r}.")
+    check_benchmark_files(benchmark, questions_file, annotations_file, image_dir)
     if benchmark == "shapes":
         return make_shapes_vqa_dataset(num_images, image_size=image_size, seed=seed, split=split or "validation")
-    if questions_file is None:
-        raise ValueError(f"--benchmark {benchmark} reads --questions_file; give its path.")
-    needs_images = benchmark in ("gqa", "okvqa") or (benchmark == "scienceqa" and questions_file.endswith(".json"))
-    if needs_images and image_dir is None:
-        raise ValueError(f"--benchmark {benchmark} needs --image_dir (the folder holding its images).")
-    if benchmark == "okvqa" and annotations_file is None:
-        raise ValueError("--benchmark okvqa needs --annotations_file (the VQA-v2 style annotations json).")
     if benchmark == "gqa":
         return load_gqa(questions_file, image_dir)
     if benchmark == "okvqa":

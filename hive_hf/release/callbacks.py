@@ -6,8 +6,8 @@ the Trainer writes `training_args.bin` into that folder first: its arguments pic
 included (`TrainingArguments.to_dict` masks the token; pickling does not). It offers no hook between writing that file
 and uploading it, so these callbacks do the pushing instead, with `push_to_hub` left False:
 
-- the token is handed to the callback and kept in memory (`arguments.take_hub_token` takes `--hub_token` out of the
-  parsed arguments); with none, the Hub client reads `HF_TOKEN` or the `hf auth login` token itself;
+- the token is handed to the callback and kept in memory (`hive_hf.cli.parsing.take_hub_token` takes `--hub_token`
+  out of the parsed arguments); with none, the Hub client reads `HF_TOKEN` or the `hf auth login` token itself;
 - what goes up is the output folder minus everything pickled (`PICKLE_PATTERNS`), with the arguments as
   `training_args.json`; `hub_strategy` "checkpoint"/"all_checkpoints", which upload optimizer and RNG pickles, are
   refused;
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import sys
 from concurrent.futures import Future
@@ -39,11 +38,12 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
 from transformers.utils import logging
 
-from ..release.cards import CardOptions, as_hub_id, render_model_card
-from ..release.hub import PICKLE_PATTERNS, pickled_files, tag_commit
-from ..release.records import finished_stages, stage_record_from_folder, stage_record_from_trainer
-from .arguments import check_hub_settings, write_training_args
-from .stages import merged_lora_state_dict
+from ..runs.layout import stage_of, write_training_args
+from ..runs.pickles import PICKLE_PATTERNS, check_hub_settings, pickled_files
+from ..training.lora import merged_lora_state_dict
+from .cards import CardOptions, as_hub_id, render_model_card
+from .hub import tag_commit
+from .records import finished_stages, stage_record_from_folder, stage_record_from_trainer
 
 logger = logging.get_logger(__name__)
 
@@ -84,7 +84,7 @@ def _has_lora(model: torch.nn.Module) -> bool:
 def final_tag(args: TrainingArguments) -> str:
     """The tag of the end-of-training push: the output folder's name when it is a stage (`stage<k>`), else `final`."""
     name = Path(args.output_dir).name
-    return name if re.fullmatch(r"stage\d+", name) else "final"
+    return name if stage_of(name) is not None else "final"
 
 
 class HubPushCallback(TrainerCallback):
@@ -220,7 +220,7 @@ class HiveHubCallback(HubPushCallback):
         stage = config.training_stage
         output_dir = Path(args.output_dir)
         run_dir = self.run_dir
-        if run_dir is None and re.fullmatch(r"stage\d", output_dir.name):
+        if run_dir is None and stage_of(output_dir.name) is not None:
             run_dir = output_dir.parent
         earlier = finished_stages(run_dir, warn=False) if run_dir is not None else {}
         records = [stage_record_from_folder(folder, k) for k, folder in earlier.items() if stage is None or k < stage]

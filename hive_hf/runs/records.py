@@ -1,20 +1,19 @@
 """Results files: every table the README shows is written by a command into `results/<name>.md` (the table and a
-line saying how it was made) and `results/<name>.json` (the numbers and the environment), and copied into the README
-verbatim between `<!-- results: results/<name>.md -->` and `<!-- /results -->` (a test keeps the two equal).
+line saying how it was made) and `results/<name>.json` (the numbers and the environment it ran in: versions of every
+installed package, CPU model and torch's CPU capability, threads), and copied into the README verbatim between
+`<!-- results: results/<name>.md -->` and `<!-- /results -->` (a test keeps the two equal).
 
-    python -m hive_hf.analysis.results README.md    # copy every quoted results file into its README block
+    python -m hive_hf.cli.results fill README.md    # copy every quoted results file into its README block
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
-import os
 import platform
 import shlex
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,36 @@ from typing import Any
 import torch
 import transformers
 
+from .layout import RunLayout
+from .stages import HIVE_STAGES
+
 DEMO_DIR = Path("outputs/demo")
 DEMO_COMMAND = "python examples/run_pretrain.py examples/configs/demo.json"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (`/proc/cpuinfo` on Linux, else what `platform` knows)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+def installed_packages() -> list[str]:
+    """Every installed distribution as `name==version`, sorted: the environment a number was made in."""
+    return sorted({f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+                   if d.metadata["Name"]}, key=str.lower)
+
+
 def environment(threads: int | None = None) -> dict[str, Any]:
-    """What a number depends on besides the code: library versions, thread count, CPU, date."""
+    """What a number depends on besides the code: versions (of every installed package too), thread count, the CPU
+    and the vector kernels torch picked for it (`torch.backends.cpu.get_cpu_capability()`, which
+    `ATEN_CPU_CAPABILITY` can lower), date."""
     from .. import __version__
 
+    packages = installed_packages()
     return {
         "hive_hf": __version__,
         "transformers": transformers.__version__,
@@ -37,15 +58,20 @@ def environment(threads: int | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "threads": threads if threads is not None else torch.get_num_threads(),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "packages_sha256": hashlib.sha256("\n".join(packages).encode()).hexdigest()[:16],
+        "packages": packages,
     }
 
 
 def provenance_line(command: str, env: dict[str, Any], seeds: list[int] | None = None) -> str:
-    """One line under each table: the command, versions, seeds and threads it was made with."""
+    """One line under each table: the command, versions, seeds, threads and CPU it was made with."""
     seed_text = f"seeds {' '.join(map(str, seeds))}, " if seeds else ""
+    cpu = f", {env['cpu']} ({env['cpu_capability']})" if env.get("cpu") else ""
     return (f"_`{command}`: {seed_text}{env['threads']} thread(s), transformers {env['transformers']}, "
-            f"torch {env['torch']}, {env['date']}._")
+            f"torch {env['torch']}{cpu}, {env['date']}._")
 
 
 def redact_tokens(args: list[str]) -> list[str]:
@@ -90,44 +116,13 @@ def write_results(path: str | Path, table: str, data: dict[str, Any], *, command
     return path.with_suffix(".md")
 
 
-def run_step(args: list[str], threads: int) -> float:
-    """Run one step of a measurement, a Python script and its arguments (`args`), in its own process with `threads`
-    CPU threads (`OMP_NUM_THREADS`), echoing it as `command_line` writes it; a failed step raises. Returns its
-    wall-clock seconds."""
-    print("+", command_line(args), flush=True)
-    started = time.perf_counter()
-    subprocess.run([sys.executable, *args], check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    return time.perf_counter() - started
-
-
-@dataclass
-class DemoMeasurementArguments:
-    """The flags of a measurement on the demo pre-training's encoders (`benchmarks/probe_features.py`,
-    `benchmarks/vlm_demo.py`); each script gives its own `output_dir` and `results_file` defaults."""
-
-    demo_dir: str = field(default=str(DEMO_DIR), metadata={"help": f"The demo pre-training ({DEMO_COMMAND})."})
-    output_dir: str = field(default="outputs/measurement", metadata={"help": "Where the runs go."})
-    results_file: str = field(
-        default="results/measurement.md",
-        metadata={"help": "The table with its provenance (and a .json beside it); the README quotes it."},
-    )
-    threads: int = field(default=1, metadata={"help": "CPU threads of every run (OMP_NUM_THREADS)."})
-
-    def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise ValueError(f"--threads must be positive, got {self.threads}.")
-
-
 def demo_encoders(demo_dir: str | Path = DEMO_DIR) -> dict[str, Path]:
     """The two encoders of a finished demo pre-training that the README's downstream tables compare: `{"base": the
     stock tower it started from, "HIVE": its last stage}`. Raises `FileNotFoundError` with the command that makes the
     demo when `demo_dir` holds none."""
-    from ..training.staged_run import RunLayout
-    from ..training.stages import HIVE_STAGES  # the training package imports analysis; import at call time
-
     layout = RunLayout(demo_dir)
-    encoders = {"base": layout.backbones_dir / "vision", "HIVE": layout.stage_dir(HIVE_STAGES.stages[-1])}
-    if not (layout.finished(HIVE_STAGES.stages[-1]) and (encoders["base"] / "config.json").is_file()):
+    encoders = {"base": layout.vision_backbone, "HIVE": layout.stage_dir(HIVE_STAGES.last)}
+    if not (layout.finished(HIVE_STAGES.last) and (encoders["base"] / "config.json").is_file()):
         command = DEMO_COMMAND + ("" if Path(demo_dir) == DEMO_DIR else f" --output_dir {demo_dir}")
         raise FileNotFoundError(f"{demo_dir} holds no finished demo pre-training (its backbones/vision and "
                                 f"{encoders['HIVE'].name}); make it first with: {command}")
@@ -169,16 +164,15 @@ def fill_readme(readme: str, root: str | Path = ".") -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Copy every results file a README quotes into its block.")
-    parser.add_argument("readme", nargs="?", default="README.md")
-    args = parser.parse_args(argv)
-    path = Path(args.readme)
-    path.write_text(fill_readme(path.read_text(), root=path.parent))
-    print(f"{path}: {len(readme_blocks(path.read_text()))} results blocks filled")
-
-
-if __name__ == "__main__":
-    main()
+def compare_stage_losses(run: dict[str, Any], committed: dict[str, Any]) -> tuple[list[str], float]:
+    """Each stage's first and last logged loss of a pre-training results file (`run`) against another (`committed`):
+    one line per stage, and the largest absolute difference."""
+    lines, worst = [], 0.0
+    for stage, theirs in committed["results"]["stages"].items():
+        ours = run["results"]["stages"][stage]
+        diffs = [abs(ours[k] - theirs[k]) for k in ("first_loss", "last_loss")]
+        worst = max(worst, *diffs)
+        lines.append(f"stage {stage}: {ours['first_loss']:.3f} -> {ours['last_loss']:.3f} (committed "
+                     f"{theirs['first_loss']:.3f} -> {theirs['last_loss']:.3f}; differences "
+                     f"{diffs[0]:.4f}, {diffs[1]:.4f})")
+    return lines, worst

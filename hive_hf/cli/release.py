@@ -1,4 +1,4 @@
-"""`hive-release` / `python -m hive_hf.release`: publish a run_pretrain output folder from the command line."""
+"""`hive-release` / `python -m hive_hf.cli.release`: publish a pre-training run folder from the command line."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ import transformers
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .cards import REPO_LABELS
-from .errors import ReleaseError
-from .hub import ReleaseCommit, release_run
+from ..release.cards import REPO_LABELS
+from ..release.errors import ReleaseError
+from ..release.hub import ReleaseCommit, release_run
+from .parsing import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hive-release",
+        prog="hive-release", allow_abbrev=False,
         description="Publish a HIVE pre-training run (the --output_dir of examples/run_pretrain.py) to the Hugging "
                     "Face Hub: the full model, the encoder (remote code) and optionally the encoder in stock "
                     "transformers format, each with a model card and one commit per finished stage, tagged "
@@ -83,11 +84,9 @@ def _print_plan(commits: Sequence[ReleaseCommit], dry_run: bool, private: bool |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m hive_hf.release` / `hive-release`. Returns the exit code."""
+    """`hive-release` / `python -m hive_hf.cli.release`. Returns the exit code."""
     args = build_parser().parse_args(argv)
-    pylogging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    pylogging.getLogger("hive_hf").setLevel(pylogging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
+    setup_logging()
     transformers.utils.logging.disable_progress_bar()  # one progress bar: the release's
     try:
         with logging_redirect_tqdm(loggers=[pylogging.getLogger()]):  # log lines above the progress bar
