@@ -64,6 +64,27 @@ logger = logging.get_logger(__name__)
 CACHE_NAME = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
 
 
+def _cache_kwargs(cache: Cache | None) -> dict[str, Cache | None]:
+    """`cache` as the keyword argument this release's models take it under (and its output classes hold it under)."""
+    return {CACHE_NAME: cache}
+
+
+def _cache_of(output: ModelOutput) -> Cache | None:
+    """The key/value cache a model output of this release holds."""
+    return getattr(output, CACHE_NAME)
+
+
+def _cache_field_named_for_this_release(cls: type) -> type:
+    """Class decorator, under `@dataclass`, for an output class declaring its cache as the field `cache`: on releases
+    before 5.24 that field is named `past_key_values` instead, in the same place of the field order (which
+    `to_tuple()` follows), as the library's own outputs name it there."""
+    if CACHE_NAME != "cache":
+        cls.__annotations__ = {(CACHE_NAME if name == "cache" else name): t for name, t in cls.__annotations__.items()}
+        setattr(cls, CACHE_NAME, cls.__dict__["cache"])
+        delattr(cls, "cache")
+    return cls
+
+
 # 5.23 renamed gradient checkpointing to activation checkpointing, in the model method
 # (`activation_checkpointing_enable(activation_checkpointing_kwargs=...)`) and in the `TrainingArguments` flag, at once;
 # the old names warn. `f"{CHECKPOINTING}_enable"` and `f"{CHECKPOINTING}_kwargs"` are this release's names.
@@ -169,6 +190,7 @@ class HiveVisionEncoderOutput(ModelOutput):
 
 
 @dataclass
+@_cache_field_named_for_this_release
 class HiveCausalLMOutputWithPast(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
@@ -201,10 +223,7 @@ class HiveCausalLMOutputWithPast(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    if CACHE_NAME == "cache":
-        cache: Cache | None = None
-    else:
-        past_key_values: Cache | None = None
+    cache: Cache | None = None  # `past_key_values` before 5.24: see `_cache_field_named_for_this_release`
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -1131,7 +1150,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             placement = self._text_placement(attention_mask, position_ids, cache, text_batch, seq_len, num_image)
             kwargs.update(hive_image_kv=image_key_values, hive_attentions=image_attentions,
                           hive_text_placement=placement)
-        kwargs[CACHE_NAME] = cache
+        kwargs.update(_cache_kwargs(cache))
         if inputs_embeds is None:  # ours, so that `hidden_states[0]` is the very tensor the LLM computes from
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
         out = self.language_model(
@@ -1144,7 +1163,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             **flags,
             **kwargs,
         )
-        out_cache = getattr(out, CACHE_NAME)
+        out_cache = _cache_of(out)
         if out_cache is not None and image_key_values is not None:
             setattr(out_cache, _CACHE_IMAGE_KEY_VALUES, image_key_values)  # the image travels with the cache
         loss = None
@@ -1170,7 +1189,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             image_attentions=tuple(image_attentions) if image_attentions is not None else None,
             image_key_values=image_key_values,
             image_outputs=image_outputs,
-            **{CACHE_NAME: out_cache},
+            **_cache_kwargs(out_cache),
         )
 
     def _forward_concat(
@@ -1247,7 +1266,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 "attn_implementation='eager' returns; `image_attentions` is None. Load the model with "
                 "attn_implementation='eager' to get them."
             )
-        kwargs[CACHE_NAME] = cache
+        kwargs.update(_cache_kwargs(cache))
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -1271,7 +1290,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                                    num_items_in_batch=loss_kwargs["num_items_in_batch"], shift_labels=shift_labels)
         if prepended and logits.shape[1] == inputs_embeds.shape[1]:
             logits = logits[:, prepended:]  # aligned with input_ids
-        out_cache = getattr(out, CACHE_NAME)
+        out_cache = _cache_of(out)
         if out_cache is not None and hidden_prefix:
             if prepended and not getattr(out_cache, _CACHE_PREPENDED_IMAGE, 0):
                 _crop_after_prepended_image(out_cache, prepended)
@@ -1297,7 +1316,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             attentions=attentions,
             image_attentions=image_attentions,
             image_outputs=image_outputs,
-            **{CACHE_NAME: out_cache},
+            **_cache_kwargs(out_cache),
         )
 
     # -- generation ----------------------------------------------------------------------------------------------
