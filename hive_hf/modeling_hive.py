@@ -93,13 +93,6 @@ CHECKPOINTING = (
 )
 
 
-# joint/gated: a cache this model returns carries the image keys/values under this attribute, so that continuing a
-# generation from it keeps the image (concat keeps it anyway: its image tokens are in the cache).
-_CACHE_IMAGE_KEY_VALUES = "hive_image_key_values"
-# concat: a cache this model returned after prepending the image records how many image positions it holds before the
-# caller's sequence, so that later outputs stay aligned with that sequence.
-_CACHE_PREPENDED_IMAGE = "hive_prepended_image_tokens"
-
 # Before 5.23, `Cache.crop(max_length)` keeps the first `max_length` positions, and assisted decoding crops the cache to
 # a length counted on the caller's sequence; from 5.23 on, `crop(tokens_to_remove)` removes positions from the end.
 _CROP_KEEPS_A_LENGTH = "max_length" in inspect.signature(DynamicCache.crop).parameters
@@ -330,6 +323,9 @@ def _allowed_text_keys(attention_mask: torch.Tensor | None, q_len: int, kv_len: 
     return attention_mask == 0  # additive float mask: 0 keeps, dtype-min removes
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# How the image reaches the fused layers (joint and gated)
+# ---------------------------------------------------------------------------------------------------------------------
 @dataclass
 class HiveTextPlacement:
     """Where the text of one forward sits relative to the image (joint fusion with `image_rope`).
@@ -345,6 +341,10 @@ class HiveTextPlacement:
     cos: torch.Tensor
     sin: torch.Tensor
     sees_image: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> HiveTextPlacement:
+        """Moved to `device` (see `HiveImageContext.to`)."""
+        return HiveTextPlacement(*(t.to(device, non_blocking=non_blocking) for t in (self.cos, self.sin, self.sees_image)))
 
 
 def _mrope_components(head_dim: int, device: torch.device) -> torch.Tensor:
@@ -380,6 +380,121 @@ def image_rotary(
     cos, sin = rotary_emb(like, positions)  # (3, N, D): one row per component
     pick = _mrope_components(cos.shape[-1], like.device)[None, None].expand(1, num_image, -1)  # (1, N, D)
     return cos.gather(0, pick), sin.gather(0, pick)
+
+
+def text_placement(
+    rotary_emb: nn.Module,
+    like: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    num_image: int,
+    image_position: int,
+    mode: str,
+) -> HiveTextPlacement:
+    """Joint fusion with `image_rope` (`mode`, `1d` or `2d`): the fused layers' text positions, shifted past the
+    `num_image` image tokens placed at text position `image_position`, and which text tokens see the image.
+
+    `position_ids` `(batch_size | 1, sequence_length)` are the text's positions in the LLM's other layers;
+    `attention_mask` the caller's 2-D mask (padding sees the image, see `HiveTextPlacement.sees_image`); `rotary_emb`
+    the LLM's own rotary module and `like` a tensor of the dtype and device it computes in.
+    """
+    follows = position_ids >= image_position  # (B, T)
+    shift = math.isqrt(num_image) if mode == "2d" else num_image
+    cos, sin = rotary_emb(like, position_ids + follows * shift)  # each (B, T, head_dim)
+    sees_image = follows
+    if attention_mask is not None and attention_mask.dim() == 2:
+        sees_image = sees_image | ~attention_mask[:, -position_ids.shape[1]:].bool()
+    return HiveTextPlacement(cos=cos, sin=sin, sees_image=sees_image)
+
+
+@dataclass
+class HiveImageContext:
+    """Everything the fused LLM layers take from the image in one forward (joint and gated fusion), and where they
+    record the attention weights `output_attentions` asks for.
+
+    Its path, which no other channel carries:
+    1. `HiveForConditionalGeneration.forward` builds it (`_image_context`) and calls the LLM with `hive_image=<it>`.
+    2. The LLM's decoder model hands its keyword arguments on to every decoder layer, and each decoder layer to its
+       self-attention, untouched (the `**kwargs` contract of transformers' Llama-family decoders). Layers that are not
+       fused take no `hive_image` argument and ignore it.
+    3. joint: a fused layer's self-attention is a `HiveJointAttention`, whose `forward` takes `hive_image` and joins
+       `key_values[fusion_index]` to its text keys/values. gated: `_gated_cross_attention_before_layer`, a forward
+       pre-hook of the fused decoder layer, reads `hive_image` from the layer's keyword arguments and runs the layer's
+       `HiveGatedCrossAttention` on the hidden states before the layer.
+
+    key_values (`tuple(tuple(torch.Tensor))`, *optional*):
+        Per fused layer (`config.cross_attention_layers` order) the image `(key, value)`, each `(batch_size,
+        num_kv_heads, num_image_tokens, head_dim)` (`HiveForConditionalGeneration.get_image_key_values`). `None`: no
+        image in this forward; the fused layers then compute what the plain LLM does.
+    placement (`HiveTextPlacement`, *optional*):
+        joint with `image_rope`: where the text sits relative to the image.
+    image_attentions (`list[torch.Tensor]`, *optional*):
+        A recorder, present when `output_attentions` is set and there is an image: each fused layer appends its
+        weights over the image tokens, `(batch_size, num_heads, sequence_length, num_image_tokens)`, in layer order.
+    text_attentions (`list[torch.Tensor | None]`, *optional*):
+        A recorder, present in joint fusion when `output_attentions` is set: each fused layer appends its own weights
+        over its text keys (`None` where its attention computes none), which the LLM does not record (it records its
+        own attention class only).
+    """
+
+    key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    placement: HiveTextPlacement | None = None
+    image_attentions: list[torch.Tensor] | None = None
+    text_attentions: list[torch.Tensor | None] | None = None
+
+    def record_image_attention(self, weights: torch.Tensor) -> None:
+        if self.image_attentions is not None:
+            self.image_attentions.append(weights)
+
+    def record_text_attention(self, weights: torch.Tensor | None) -> None:
+        if self.text_attentions is not None:
+            self.text_attentions.append(weights)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> HiveImageContext:
+        """The image moved to `device`, sharing the recorders: with the LLM split across devices (`device_map`),
+        accelerate moves each layer's inputs to that layer's device by calling `.to` on them, this one included."""
+        move = {"device": device, "non_blocking": non_blocking}
+        key_values = None
+        if self.key_values is not None:
+            key_values = tuple((key.to(**move), value.to(**move)) for key, value in self.key_values)
+        placement = self.placement.to(**move) if self.placement is not None else None
+        return dataclasses.replace(self, key_values=key_values, placement=placement)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The image a returned cache carries
+# ---------------------------------------------------------------------------------------------------------------------
+# A forward that continues from a cache this model returned (a later generation step, or a caller passing the cache
+# back without `pixel_values`) keeps that cache's image: `_attach_image` writes it onto the cache under this attribute
+# after the LLM call, `_image_of` reads it back; nothing else touches the attribute.
+_CACHE_IMAGE = "hive_cached_image"
+
+
+@dataclass
+class _CachedImage:
+    """What a returned cache remembers of its image.
+
+    key_values: joint/gated, every fused layer's image `(key, value)` (the cache itself holds text keys/values only).
+    prepended: concat, how many image positions the cache holds before the caller's sequence (0 when the image sat at
+        placeholders of the sequence, or there is none), so that later outputs stay aligned with that sequence.
+    """
+
+    key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    prepended: int = 0
+
+
+def _attach_image(cache: Cache | None, image: _CachedImage) -> None:
+    """Let `cache` (what the LLM just returned; `None` without `use_cache`) carry `image`, read by `_image_of`."""
+    if cache is None:
+        return
+    if image.prepended and not _image_of(cache).prepended:  # first time: cropping must count after the image
+        _crop_after_prepended_image(cache, image.prepended)
+    setattr(cache, _CACHE_IMAGE, image)
+
+
+def _image_of(cache: Cache | None) -> _CachedImage:
+    """The image `cache` carries (`_attach_image`); none for a cache this model did not return, or no cache."""
+    return getattr(cache, _CACHE_IMAGE, None) or _CachedImage()
 
 
 class HiveJointAttention(nn.Module):
@@ -446,57 +561,86 @@ class HiveJointAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-        hive_image_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
-        hive_attentions: list | None = None,
-        hive_text_attentions: list | None = None,
-        hive_text_placement: HiveTextPlacement | None = None,
+        hive_image: HiveImageContext | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        r"""
+        hive_image (`HiveImageContext`, *optional*):
+            What `HiveForConditionalGeneration.forward` handed the LLM for its fused layers, passed on to this
+            attention by its decoder layer with its other keyword arguments. Its `key_values[self.fusion_index]` join
+            this layer's text keys/values, its `placement` puts the text past the image, and this layer records its
+            weights in it. `None`, or no image in it: exactly the LLM's own attention.
+        """
         cache = _pop_cache(cache, kwargs)  # the decoder layer passes it as `cache` (5.24+) or `past_key_values`
-        input_shape = hidden_states.shape[:-1]
-        image = hive_image_kv is not None
+        image = hive_image if hive_image is not None and hive_image.key_values is not None else None
+        if image is not None and image.placement is not None:  # text after the image sits past it
+            position_embeddings = (image.placement.cos, image.placement.sin)
+        query, key, value = self._text_query_key_values(hidden_states, position_embeddings, cache, image is not None)
+        if image is None:
+            out, weights = self._llm_attention(query, key, value, attention_mask, **kwargs)
+        else:
+            out, weights = self._image_and_text_attention(query, key, value, attention_mask, image)
+        if hive_image is not None:  # the LLM records its own attention modules only, not this one
+            hive_image.record_text_attention(weights)
+        out = self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous())  # (B, T, H * D) -> (B, T, D_text)
+        return out, weights
+
+    def _text_query_key_values(
+        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        cache: Cache | None, with_image: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The text's rotated queries `(B, H, T, D)` and its keys/values `(B, H_kv, S, D)`, the cache's included (it
+        holds text keys/values only, rotated and before the image QK-norm, as the authors' layer does)."""
         query = self._heads(self.q_proj, hidden_states, self.q_norm)
         key = self._heads(self.k_proj, hidden_states, self.k_norm)
         value = self._heads(self.v_proj, hidden_states, None)
-        if image and hive_text_placement is not None:  # text after the image sits past it
-            position_embeddings = (hive_text_placement.cos, hive_text_placement.sin)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        if image and self.hive_q_norm is not None:
+        if with_image and self.hive_q_norm is not None:
             query = self.hive_q_norm(query)
-        if cache is not None:  # the cache holds text keys/values only (rotated, before QK-norm, as the authors')
+        if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        dropout = self.attention_dropout if self.training else 0.0
+        return query, key, value
 
-        if not image:  # no image in this batch: exactly the LLM's own attention
-            interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-            out, weights = interface(
-                self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
-                sliding_window=self.sliding_window, **kwargs,
-            )
+    def _dropout(self) -> float:
+        return self.attention_dropout if self.training else 0.0
+
+    def _llm_attention(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """No image in this forward: the LLM's own attention, through its configured implementation."""
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        return interface(
+            self, query, key, value, attention_mask, dropout=self._dropout(), scaling=self.scaling,
+            sliding_window=self.sliding_window, **kwargs,
+        )
+
+    def _image_and_text_attention(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+        image: HiveImageContext,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The text queries over this layer's image keys, then its text keys under the LLM's causal mask. Returns the
+        output `(B, T, H, D)` and the weights over the text keys, as the plain LLM's (those over the image tokens go
+        to `image.image_attentions`)."""
+        if self.hive_k_norm is not None:
+            key = self.hive_k_norm(key)
+        image_key, image_value = image.key_values[self.fusion_index]
+        batch, q_len, text_len, num_image = query.shape[0], query.shape[2], key.shape[2], image_key.shape[2]
+        allowed = _allowed_text_keys(attention_mask, q_len, text_len, query.device).expand(batch, -1, -1, -1)
+        if image.placement is None:  # every query sees the whole image
+            image_cols = allowed.new_ones((batch, 1, q_len, num_image))
         else:
-            if self.hive_k_norm is not None:
-                key = self.hive_k_norm(key)
-            image_key, image_value = hive_image_kv[self.fusion_index]
-            batch, q_len, text_len, num_image = query.shape[0], query.shape[2], key.shape[2], image_key.shape[2]
-            allowed = _allowed_text_keys(attention_mask, q_len, text_len, query.device)
-            allowed = allowed.expand(batch, -1, -1, -1)
-            if hive_text_placement is None:
-                image_cols = allowed.new_ones((batch, 1, q_len, num_image))
-            else:
-                image_cols = hive_text_placement.sees_image[:, None, :, None].expand(-1, -1, -1, num_image)
-            allowed = torch.cat([image_cols, allowed], dim=-1)  # (B, 1, T, N + S)
-            key = torch.cat([image_key.to(key.dtype), key], dim=2)  # (B, H_kv, N + S, D)
-            value = torch.cat([image_value.to(value.dtype), value], dim=2)
-            need_weights = hive_attentions is not None or self.config._attn_implementation == "eager"
-            out, weights = _attend(query, key, value, allowed, self.scaling, dropout, need_weights, split=num_image)
-            if weights is not None:  # the layer's own attentions are over its text keys, as the plain LLM's
-                image_weights, weights = weights
-                if hive_attentions is not None:
-                    hive_attentions.append(image_weights)
-        if hive_text_attentions is not None:  # the LLM records its own attention modules only, not this one
-            hive_text_attentions.append(weights)
-        out = self.o_proj(out.reshape(*input_shape, -1).contiguous())
-        return out, weights
+            image_cols = image.placement.sees_image[:, None, :, None].expand(-1, -1, -1, num_image)
+        allowed = torch.cat([image_cols, allowed], dim=-1)  # (B, 1, T, N + S)
+        key = torch.cat([image_key.to(key.dtype), key], dim=2)  # (B, H_kv, N + S, D)
+        value = torch.cat([image_value.to(value.dtype), value], dim=2)
+        need_weights = image.image_attentions is not None or self.config._attn_implementation == "eager"
+        out, weights = _attend(query, key, value, allowed, self.scaling, self._dropout(), need_weights, split=num_image)
+        if weights is None:
+            return out, None
+        image_weights, text_weights = weights
+        image.record_image_attention(image_weights)
+        return out, text_weights
 
 
 class HiveGatedCrossAttention(nn.Module):
@@ -526,33 +670,41 @@ class HiveGatedCrossAttention(nn.Module):
         value = self.v_proj(normed).view(shape).transpose(1, 2)
         return key, value
 
-    def forward(
-        self, hidden_states: torch.Tensor, image_kv: tuple[torch.Tensor, torch.Tensor], hive_attentions: list | None
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, image: HiveImageContext) -> torch.Tensor:
+        """`hidden_states` `(B, T, D)` plus the gated attention of their queries over this layer's image keys/values,
+        `image.key_values[self.fusion_index]`; `image` is the context `_gated_cross_attention_before_layer` found in
+        the decoder layer's keyword arguments. The weights are recorded in `image.image_attentions` when asked."""
         input_shape = hidden_states.shape[:-1]
-        query = self.q_proj(self.norm(hidden_states)).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        image_key, image_value = (t.to(query.dtype) for t in image_kv)
-        out, weights = _attend(query, image_key, image_value, None, self.scaling, 0.0, hive_attentions is not None)
-        if hive_attentions is not None:
-            hive_attentions.append(weights)
-        out = self.o_proj(out.reshape(*input_shape, -1))
+        query = self.q_proj(self.norm(hidden_states)).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        image_key, image_value = (t.to(query.dtype) for t in image.key_values[self.fusion_index])
+        need_weights = image.image_attentions is not None
+        out, weights = _attend(query, image_key, image_value, None, self.scaling, 0.0, need_weights)
+        if need_weights:
+            image.record_image_attention(weights)
+        out = self.o_proj(out.reshape(*input_shape, -1))  # (B, T, H * D) -> (B, T, D)
         return hidden_states + torch.tanh(self.gate).to(out.dtype) * out
 
 
-def _gated_cross_attention_hook(layer: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
-    """Forward pre-hook of a decoder layer fed by a tapped encoder layer (gated fusion): its gated cross-attention
-    block (`layer.cross_attn`) runs on the hidden states before the layer does.
+def _gated_cross_attention_before_layer(
+    layer: nn.Module, args: tuple, kwargs: dict[str, Any]
+) -> tuple[tuple, dict] | None:
+    """Gated fusion: the first step of a fused decoder layer, its gated cross-attention block (`layer.cross_attn`)
+    adding the image to the hidden states before the layer runs. `HiveForConditionalGeneration._inject_fusion`
+    registers it as the layer's forward pre-hook.
 
-    A hook rather than a wrapper keeps the LLM's module names, so its checkpoint keys and tensor-parallel plan
-    (`layers.*.self_attn.q_proj`, ...) apply unchanged; it runs inside the layer's call, so gradient checkpointing
-    recomputes it with the layer.
+    `kwargs["hive_image"]` is the `HiveImageContext` that `HiveForConditionalGeneration.forward` handed the LLM, which
+    the LLM's decoder model passes to every decoder layer; without an image in it the layer runs as the LLM's own.
+
+    A hook rather than a wrapper module keeps the LLM's module names, so its checkpoint keys and tensor-parallel plan
+    (`layers.*.self_attn.q_proj`, ...) apply unchanged. Under gradient checkpointing, releases that checkpoint the
+    layer's call recompute this block with the layer; releases that checkpoint only its `forward` (recent ones) run it
+    once and keep its activations, which is as correct.
     """
-    image_kv = kwargs.get("hive_image_kv")
-    if image_kv is None:
+    image: HiveImageContext | None = kwargs.get("hive_image")
+    if image is None or image.key_values is None:
         return None
-    cross_attn = layer.cross_attn
     hidden_states = args[0] if args else kwargs["hidden_states"]
-    hidden_states = cross_attn(hidden_states, image_kv[cross_attn.fusion_index], kwargs.get("hive_attentions"))
+    hidden_states = layer.cross_attn(hidden_states, image)
     if args:
         return (hidden_states, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden_states}
@@ -773,7 +925,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 layer.self_attn = HiveJointAttention(layer.self_attn, index, self.config)
             else:
                 layer.cross_attn = HiveGatedCrossAttention(self.config.text_config, index)
-                layer.register_forward_pre_hook(_gated_cross_attention_hook, with_kwargs=True)
+                layer.register_forward_pre_hook(_gated_cross_attention_before_layer, with_kwargs=True)
 
     def _plan_image_kv(self) -> None:
         """Tensor parallelism shards the separate image k/v projections as their layer's own k/v: each process then
@@ -864,13 +1016,13 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
     def _set_gradient_checkpointing(
         self, enable: bool = True, gradient_checkpointing_func: Any = checkpoint, **kwargs: Any
     ) -> None:
-        # joint/gated hand the image keys/values to the fused layers as keyword arguments; reentrant checkpointing
+        # joint/gated hand the image to the fused layers as a keyword argument (`hive_image`); reentrant checkpointing
         # recomputes a layer from its positional inputs only and would backpropagate through them twice.
         reentrant = getattr(gradient_checkpointing_func, "keywords", {}).get("use_reentrant")
         if enable and reentrant and self.config.fusion != "concat":
             raise ValueError(
                 f"fusion={self.config.fusion!r} needs non-reentrant gradient checkpointing: the image keys/values "
-                "reach the fused layers as keyword arguments, which reentrant checkpointing cannot recompute. Pass "
+                "reach the fused layers as a keyword argument, which reentrant checkpointing cannot recompute. Pass "
                 f'{CHECKPOINTING}_kwargs={{"use_reentrant": False}} (the default).'
             )
         super()._set_gradient_checkpointing(
@@ -1001,26 +1153,33 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             )
         return rotary
 
-    def _text_placement(
-        self, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, cache: Cache | None,
-        batch: int, seq_len: int, num_image: int,
-    ) -> HiveTextPlacement | None:
-        """Joint fusion with `image_rope`: the fused layers' text positions, shifted past the image at
-        `config.image_position` (the other layers keep theirs), and which text tokens see the image."""
-        if self.config.fusion != "joint" or self.config.image_rope == "none":
-            return None
-        device = self.get_input_embeddings().weight.device
-        if position_ids is None:
-            past = cache.get_seq_length() if cache is not None else 0
-            position_ids = torch.arange(past, past + seq_len, device=device)[None]
-        position_ids = position_ids.expand(batch, -1)  # (B, T)
-        follows = position_ids >= self.config.image_position
-        shift = math.isqrt(num_image) if self.config.image_rope == "2d" else num_image
-        cos, sin = self._rotary_embedding()(self.get_input_embeddings().weight, position_ids + follows * shift)
-        sees_image = follows
-        if attention_mask is not None and attention_mask.dim() == 2:
-            sees_image = sees_image | ~attention_mask[:, -seq_len:].bool()
-        return HiveTextPlacement(cos=cos, sin=sin, sees_image=sees_image)
+    def _image_context(
+        self,
+        image_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: Cache | None,
+        record: bool,
+    ) -> HiveImageContext:
+        """What this forward hands the fused layers (see `HiveImageContext` for the path): the image keys/values, the
+        text's placement relative to the image (joint with `image_rope`), and the recorders `output_attentions`
+        (`record`) asks for."""
+        text_attentions = [] if record and self.config.fusion == "joint" else None
+        if image_key_values is None:
+            return HiveImageContext(text_attentions=text_attentions)
+        placement = None
+        if self.config.fusion == "joint" and self.config.image_rope != "none":
+            batch, seq_len = inputs_embeds.shape[:2]
+            if position_ids is None:  # no mask to count positions on: they continue the cache's
+                past = cache.get_seq_length() if cache is not None else 0
+                position_ids = torch.arange(past, past + seq_len, device=inputs_embeds.device)[None]
+            placement = text_placement(
+                self._rotary_embedding(), self.get_input_embeddings().weight, position_ids.expand(batch, -1),
+                attention_mask, image_key_values[0][0].shape[-2], self.config.image_position, self.config.image_rope,
+            )
+        return HiveImageContext(key_values=image_key_values, placement=placement,
+                                image_attentions=[] if record else None, text_attentions=text_attentions)
 
     @can_return_tuple
     def get_image_features(
@@ -1137,22 +1296,13 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
 
         if image_outputs is not None:
             image_key_values = self._image_key_values(image_outputs.pooler_output)
-        elif image_key_values is None and cache is not None:  # continuing from a cache this model returned
-            image_key_values = getattr(cache, _CACHE_IMAGE_KEY_VALUES, None)
-        record = flags["output_attentions"]
-        image_attentions = [] if record and image_key_values is not None else None
-        text_attentions = [] if record and self.config.fusion == "joint" else None
-        kwargs.update(hive_text_attentions=text_attentions)
-        seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        position_ids = _position_ids(attention_mask, position_ids, seq_len)
-        if image_key_values is not None:
-            num_image = image_key_values[0][0].shape[-2]
-            placement = self._text_placement(attention_mask, position_ids, cache, text_batch, seq_len, num_image)
-            kwargs.update(hive_image_kv=image_key_values, hive_attentions=image_attentions,
-                          hive_text_placement=placement)
-        kwargs.update(_cache_kwargs(cache))
+        elif image_key_values is None:  # continuing from a cache this model returned: the image it carries
+            image_key_values = _image_of(cache).key_values
         if inputs_embeds is None:  # ours, so that `hidden_states[0]` is the very tensor the LLM computes from
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
+        position_ids = _position_ids(attention_mask, position_ids, inputs_embeds.shape[1])
+        image = self._image_context(image_key_values, inputs_embeds, attention_mask, position_ids, cache,
+                                    record=bool(flags["output_attentions"]))
         out = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -1160,24 +1310,27 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             return_dict=True,
+            hive_image=image,
+            **_cache_kwargs(cache),
             **flags,
             **kwargs,
         )
         out_cache = _cache_of(out)
-        if out_cache is not None and image_key_values is not None:
-            setattr(out_cache, _CACHE_IMAGE_KEY_VALUES, image_key_values)  # the image travels with the cache
+        if image.key_values is not None:
+            _attach_image(out_cache, _CachedImage(key_values=image.key_values))
         loss = None
         if labels is not None or loss_kwargs["shift_labels"] is not None:
             loss = ForCausalLMLoss(out.logits, labels, self.config.text_config.vocab_size, **loss_kwargs)
         hidden_states = out.hidden_states
         fused_first = self.config.fusion == "gated" and 0 in self.config.cross_attention_layers
-        if fused_first and image_key_values is not None and hidden_states and hidden_states[0] is not None:
+        if fused_first and image.key_values is not None and hidden_states and hidden_states[0] is not None:
             # the LLM records layer 0's input after the pre-hook added the cross-attention; the first hidden state is
             # the embeddings, as in every LM
             hidden_states = (inputs_embeds, *hidden_states[1:])
         attentions = out.attentions
         # the fused layers' own (text) attentions, which the LLM does not record, in layer order, when the LLM recorded
         # its other layers' (an sdpa LLM computes no weights)
+        text_attentions = image.text_attentions
         recorded = len(attentions or ()) + len(text_attentions or ())
         if text_attentions and recorded == self.config.text_config.num_hidden_layers:
             attentions = _merge_layer_outputs(attentions or (), text_attentions, self.config.cross_attention_layers)
@@ -1186,8 +1339,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             logits=out.logits,
             hidden_states=hidden_states,
             attentions=attentions,
-            image_attentions=tuple(image_attentions) if image_attentions is not None else None,
-            image_key_values=image_key_values,
+            image_attentions=tuple(image.image_attentions) if image.image_attentions is not None else None,
+            image_key_values=image.key_values,
             image_outputs=image_outputs,
             **_cache_kwargs(out_cache),
         )
@@ -1258,7 +1411,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 position_ids = None
 
         # image positions before the caller's sequence: prepended now, or held by the cache from a prepending prefill
-        hidden_prefix = prepended or (getattr(cache, _CACHE_PREPENDED_IMAGE, 0) if cache is not None else 0)
+        hidden_prefix = prepended or _image_of(cache).prepended
         weights_available = self.config.text_config._attn_implementation == "eager"
         if output_attentions and not weights_available:
             logger.warning_once(
@@ -1291,10 +1444,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if prepended and logits.shape[1] == inputs_embeds.shape[1]:
             logits = logits[:, prepended:]  # aligned with input_ids
         out_cache = _cache_of(out)
-        if out_cache is not None and hidden_prefix:
-            if prepended and not getattr(out_cache, _CACHE_PREPENDED_IMAGE, 0):
-                _crop_after_prepended_image(out_cache, prepended)
-            setattr(out_cache, _CACHE_PREPENDED_IMAGE, hidden_prefix)
+        if hidden_prefix:
+            _attach_image(out_cache, _CachedImage(prepended=hidden_prefix))
         hidden_states = out.hidden_states
         if prepended and hidden_states:
             hidden_states = tuple(h[:, prepended:] if h is not None else None for h in hidden_states)

@@ -537,7 +537,7 @@ def test_image_rope_shifts_the_fused_layers_text_positions_only():
     for layer in model.language_model.model.layers:
         layer.self_attn.register_forward_pre_hook(lambda m, a, kw: captured.append(kw), with_kwargs=True)
     model(**tiny_inputs(model.config, batch=1, seq=4))
-    placement = captured[1]["hive_text_placement"]
+    placement = captured[1]["hive_image"].placement
     rotary = model.language_model.model.rotary_emb
     weight = model.get_input_embeddings().weight
     expected = rotary(weight, torch.tensor([[0, 1 + 4, 2 + 4, 3 + 4]]))  # sqrt(16) = 4
@@ -550,7 +550,7 @@ def test_image_rope_shifts_the_fused_layers_text_positions_only():
     captured.clear()
     model(**tiny_inputs(model.config, batch=1, seq=4))
     expected = rotary(weight, torch.tensor([[0, 1 + n, 2 + n, 3 + n]]))
-    torch.testing.assert_close(captured[1]["hive_text_placement"].cos, expected[0])
+    torch.testing.assert_close(captured[1]["hive_image"].placement.cos, expected[0])
 
 
 def test_ln_mlp_projector_is_the_authors():
