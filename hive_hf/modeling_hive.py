@@ -903,6 +903,10 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         return layers
 
     def _inject_fusion(self) -> None:
+        """Fuse the LLM layers `config.cross_attention_layers` names, under the LLM's own module names. joint: the
+        layer's self-attention becomes a `HiveJointAttention` holding the original projections. gated: the layer gets
+        a `cross_attn` block and `_gated_cross_attention_before_layer` as its forward pre-hook, which runs the block
+        on the hidden states first."""
         fusion = self.config.fusion
         if fusion == "concat":
             return
@@ -915,12 +919,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         layers = self._decoder_layers()
         for index, layer_idx in enumerate(self.config.cross_attention_layers):
             layer = layers[layer_idx]
-            missing = [n for n in ("self_attn", "input_layernorm") if not hasattr(layer, n)]
-            if missing or not all(hasattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
-                raise ValueError(
-                    f"LLM decoder layer {type(layer).__name__} is not Llama-shaped (self_attn with q/k/v/o_proj and "
-                    "input_layernorm); HIVE's joint and gated fusion need a Llama-family decoder."
-                )
+            _check_llama_shaped(layer)
             if fusion == "joint":
                 layer.self_attn = HiveJointAttention(layer.self_attn, index, self.config)
             else:
@@ -998,14 +997,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         config = HiveConfig(vision_config=vision.config, text_config=llm.config, **config_kwargs)
         model = cls(config)
         model.vision_model.vision_tower.load_state_dict(vision.state_dict())
-        result = model.language_model.load_state_dict(llm.state_dict(), strict=False)
-        unexpected = list(result.unexpected_keys)
-        bad_missing = [k for k in result.missing_keys if not any(part in k for part in _FUSION_NAMES)]
-        if unexpected or bad_missing:
-            raise ValueError(
-                f"The LLM checkpoint {text_name_or_path!r} does not fit the HIVE language model: missing "
-                f"{bad_missing[:5]}, unexpected {unexpected[:5]}."
-            )
+        _load_llm_weights(model.language_model, llm, text_name_or_path)
         model.copy_image_kv_from_text()
         model.tie_weights()
         model.generation_config = copy.deepcopy(llm.generation_config)
@@ -1263,211 +1255,121 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if past_key_values is not None:
             _warn_legacy_cache_name(type(self).__name__)
         cache = _pop_cache(cache, kwargs, past_key_values)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        if pixel_values is not None and image_key_values is not None:
-            raise ValueError("Pass either `pixel_values` or `image_key_values`, not both.")
-        text_batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-        if pixel_values is not None and pixel_values.shape[0] != text_batch:
-            raise ValueError(
-                f"Got {pixel_values.shape[0]} images (`pixel_values`) for {text_batch} text sequences; HIVE takes "
-                "exactly one image per sequence."
-            )
-        flags = {
+        _check_forward_inputs(input_ids, inputs_embeds, pixel_values, image_key_values)
+        targets = _LossTargets(labels, kwargs.pop("shift_labels", None), kwargs.pop("num_items_in_batch", None))
+        # what goes to the LLM as it is: the output flags (`None` falls back to the config) and the caller's extras
+        llm_kwargs = {
+            "use_cache": use_cache,
+            "logits_to_keep": logits_to_keep,
             "output_attentions": self.config.output_attentions if output_attentions is None else output_attentions,
             "output_hidden_states": (
                 self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
             ),
+            **kwargs,
         }
-        loss_kwargs = {"num_items_in_batch": kwargs.pop("num_items_in_batch", None),
-                       "shift_labels": kwargs.pop("shift_labels", None)}
         image_outputs = None
         if pixel_values is not None:  # the tower's hidden states / attentions only when asked: they run every block
             image_outputs = self.get_image_features(
-                pixel_values, output_hidden_states=flags["output_hidden_states"] is True,
-                output_attentions=bool(flags["output_attentions"]), return_dict=True,
+                pixel_values, output_hidden_states=llm_kwargs["output_hidden_states"] is True,
+                output_attentions=bool(llm_kwargs["output_attentions"]), return_dict=True,
             )
+        text = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
+                "position_ids": position_ids}
         if self.config.fusion == "concat":
-            return self._forward_concat(
-                input_ids=input_ids, image_outputs=image_outputs, attention_mask=attention_mask,
-                position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds, labels=labels,
-                use_cache=use_cache, logits_to_keep=logits_to_keep, loss_kwargs=loss_kwargs, **flags, **kwargs,
-            )
+            return self._forward_concat(**text, image_outputs=image_outputs, cache=cache, targets=targets,
+                                        llm_kwargs=llm_kwargs)
+        return self._forward_fused(**text, image_outputs=image_outputs, image_key_values=image_key_values, cache=cache,
+                                   targets=targets, llm_kwargs=llm_kwargs)
 
+    def _forward_fused(
+        self,
+        *,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        image_outputs: BaseModelOutputWithPooling | None,
+        image_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None,
+        cache: Cache | None,
+        targets: _LossTargets,
+        llm_kwargs: dict[str, Any],
+    ) -> HiveCausalLMOutputWithPast:
+        """joint/gated: the image reaches the fused layers as keys/values (a `HiveImageContext`), never as tokens of
+        the sequence, so every output is aligned with the caller's sequence as it is."""
+        # 1. image keys/values: of this forward's images, the caller's, or those the caller's cache carries
         if image_outputs is not None:
             image_key_values = self._image_key_values(image_outputs.pooler_output)
-        elif image_key_values is None:  # continuing from a cache this model returned: the image it carries
+        elif image_key_values is None:
             image_key_values = _image_of(cache).key_values
+        # 2. the text
         if inputs_embeds is None:  # ours, so that `hidden_states[0]` is the very tensor the LLM computes from
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
         position_ids = _position_ids(attention_mask, position_ids, inputs_embeds.shape[1])
+        # 3. what the fused layers receive: the image keys/values, the text's placement, the attention recorders
         image = self._image_context(image_key_values, inputs_embeds, attention_mask, position_ids, cache,
-                                    record=bool(flags["output_attentions"]))
-        out = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            return_dict=True,
-            hive_image=image,
-            **_cache_kwargs(cache),
-            **flags,
-            **kwargs,
-        )
-        out_cache = _cache_of(out)
+                                    record=bool(llm_kwargs["output_attentions"]))
+        # 4. the LLM, the image travelling under one keyword to its fused layers
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                  hive_image=image, return_dict=True, **_cache_kwargs(cache), **llm_kwargs)
+        # 5. outputs
         if image.key_values is not None:
-            _attach_image(out_cache, _CachedImage(key_values=image.key_values))
-        loss = None
-        if labels is not None or loss_kwargs["shift_labels"] is not None:
-            loss = ForCausalLMLoss(out.logits, labels, self.config.text_config.vocab_size, **loss_kwargs)
-        hidden_states = out.hidden_states
-        fused_first = self.config.fusion == "gated" and 0 in self.config.cross_attention_layers
-        if fused_first and image.key_values is not None and hidden_states and hidden_states[0] is not None:
-            # the LLM records layer 0's input after the pre-hook added the cross-attention; the first hidden state is
-            # the embeddings, as in every LM
-            hidden_states = (inputs_embeds, *hidden_states[1:])
-        attentions = out.attentions
-        # the fused layers' own (text) attentions, which the LLM does not record, in layer order, when the LLM recorded
-        # its other layers' (an sdpa LLM computes no weights)
-        text_attentions = image.text_attentions
-        recorded = len(attentions or ()) + len(text_attentions or ())
-        if text_attentions and recorded == self.config.text_config.num_hidden_layers:
-            attentions = _merge_layer_outputs(attentions or (), text_attentions, self.config.cross_attention_layers)
+            _attach_image(_cache_of(out), _CachedImage(key_values=image.key_values))
         return HiveCausalLMOutputWithPast(
-            loss=loss,
+            loss=targets.loss(out.logits, self.config.text_config.vocab_size),
             logits=out.logits,
-            hidden_states=hidden_states,
-            attentions=attentions,
+            hidden_states=_embeddings_first(out.hidden_states, inputs_embeds, self.config, image),
+            attentions=_with_fused_layer_attentions(out.attentions, image.text_attentions, self.config),
             image_attentions=tuple(image.image_attentions) if image.image_attentions is not None else None,
             image_key_values=image.key_values,
             image_outputs=image_outputs,
-            **_cache_kwargs(out_cache),
+            **_cache_kwargs(_cache_of(out)),
         )
 
     def _forward_concat(
         self,
         *,
         input_ids: torch.LongTensor | None,
-        image_outputs: BaseModelOutputWithPooling | None,
+        inputs_embeds: torch.FloatTensor | None,
         attention_mask: torch.Tensor | None,
         position_ids: torch.LongTensor | None,
+        image_outputs: BaseModelOutputWithPooling | None,
         cache: Cache | None,
-        inputs_embeds: torch.FloatTensor | None,
-        labels: torch.LongTensor | None,
-        use_cache: bool | None,
-        output_attentions: bool,
-        output_hidden_states: bool | list[int],
-        logits_to_keep: int | torch.Tensor,
-        loss_kwargs: dict[str, Any],
-        **kwargs: Any,
+        targets: _LossTargets,
+        llm_kwargs: dict[str, Any],
     ) -> HiveCausalLMOutputWithPast:
         """SA baseline: vision tokens at the image placeholder positions, or prepended when there are none.
 
         Prepended image tokens are not in the caller's sequence, so no output covers them: logits, hidden states and
         attentions are aligned with `input_ids` (attentions over its positions as keys; the weights on the image
         tokens are `image_attentions`), at the prefill and at every later step from the returned cache."""
+        # 1. embed the text; placeholders embed as token 0 until the image replaces them, and never count in the loss
         image_token_id = self.config.resolved_image_token_id
         is_image = input_ids == image_token_id if input_ids is not None else None
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))  # (B, T, D)
-        batch, seq_len = inputs_embeds.shape[:2]
-        shift_labels = loss_kwargs["shift_labels"]
-        if is_image is not None:  # image positions never count in the loss, nor do predictions of them
-            if labels is not None:
-                labels = labels.masked_fill(is_image, -100)
-            if shift_labels is not None:
-                next_is_image = torch.cat([is_image[:, 1:], is_image.new_zeros(batch, 1)], dim=1)
-                shift_labels = shift_labels.masked_fill(next_is_image, -100)
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=inputs_embeds.device)
-
-        prepended = 0
-        image_positions = None
-        if image_outputs is not None:
-            image_embeds = image_outputs.pooler_output  # (B, N, D)
-            num_image = image_embeds.shape[1]
-            found = int(is_image.sum()) if is_image is not None else 0
-            if found == 0:
-                prepended = num_image
-                inputs_embeds = torch.cat([image_embeds, inputs_embeds], dim=1)
-                attention_mask = torch.cat([attention_mask.new_ones(batch, num_image), attention_mask], dim=1)
-                position_ids = None  # recounted below over image + text
-            elif found != batch * num_image:
-                raise ValueError(
-                    f"input_ids hold {found} image placeholder tokens (id {image_token_id}) but the images give "
-                    f"{batch} x {num_image} = {batch * num_image} vision tokens; put {num_image} placeholders per "
-                    "sequence (HiveProcessor does) or none to have them prepended."
-                )
-            else:
-                inputs_embeds = inputs_embeds.masked_scatter(is_image[..., None], image_embeds)
-                image_positions = is_image.nonzero()[:, 1].view(batch, num_image)
-        else:
-            # Decoding after a prefill that prepended the image: the cache holds image positions the 2-D mask lacks.
-            past = cache.get_seq_length() if cache is not None else 0
-            if attention_mask.shape[1] < past + seq_len:
-                pad = past + seq_len - attention_mask.shape[1]
-                attention_mask = torch.cat([attention_mask.new_ones(batch, pad), attention_mask], dim=1)
-                position_ids = None
-
-        # image positions before the caller's sequence: prepended now, or held by the cache from a prepending prefill
-        hidden_prefix = prepended or _image_of(cache).prepended
-        weights_available = self.config.text_config._attn_implementation == "eager"
-        if output_attentions and not weights_available:
-            logger.warning_once(
-                "fusion='concat' reads image attention from the LLM's own attention weights, which only "
-                "attn_implementation='eager' returns; `image_attentions` is None. Load the model with "
-                "attn_implementation='eager' to get them."
-            )
-        kwargs.update(_cache_kwargs(cache))
-        out = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=_position_ids(attention_mask, position_ids, inputs_embeds.shape[1]),
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            logits_to_keep=logits_to_keep,
-            return_dict=True,
-            **kwargs,
-        )
-        logits = out.logits
-        loss = None
-        if labels is not None or shift_labels is not None:
-            if prepended:  # the last image token predicts the first text token, as with placeholders
-                pad = (batch, prepended)
-                labels = torch.cat([labels.new_full(pad, -100), labels], dim=1) if labels is not None else None
-                if shift_labels is not None:  # the first text token's label is not in shift_labels: not scored
-                    shift_labels = torch.cat([shift_labels.new_full(pad, -100), shift_labels], dim=1)
-            loss = ForCausalLMLoss(logits, labels, self.config.text_config.vocab_size,
-                                   num_items_in_batch=loss_kwargs["num_items_in_batch"], shift_labels=shift_labels)
-        if prepended and logits.shape[1] == inputs_embeds.shape[1]:
-            logits = logits[:, prepended:]  # aligned with input_ids
-        out_cache = _cache_of(out)
-        if hidden_prefix:
-            _attach_image(out_cache, _CachedImage(prepended=hidden_prefix))
-        hidden_states = out.hidden_states
-        if prepended and hidden_states:
-            hidden_states = tuple(h[:, prepended:] if h is not None else None for h in hidden_states)
-
+        targets = targets.without_image(is_image)
+        # 2. place or prepend the image tokens
+        sequence = _ConcatSequence.build(inputs_embeds, attention_mask, position_ids, is_image, image_outputs, cache,
+                                         image_token_id)
+        weights_available = _concat_image_attentions_available(self.config, llm_kwargs["output_attentions"])
+        # 3. the LLM
+        out = self.language_model(inputs_embeds=sequence.inputs_embeds, attention_mask=sequence.attention_mask,
+                                  position_ids=sequence.position_ids, return_dict=True, **_cache_kwargs(cache),
+                                  **llm_kwargs)
+        # 4. outputs aligned with the caller's sequence
+        if sequence.image_prefix:
+            _attach_image(_cache_of(out), _CachedImage(prepended=sequence.image_prefix))
         attentions, image_attentions = out.attentions, None
-        if output_attentions and weights_available and attentions:
-            if hidden_prefix:  # (B, H, T, prefix + S): the image keys first, then the caller's
-                image_attentions = tuple(a[:, :, prepended:, :hidden_prefix] for a in attentions)
-                attentions = tuple(a[:, :, prepended:, hidden_prefix:] for a in attentions)
-            elif image_positions is not None:
-                index = image_positions[:, None, None, :]  # (B, 1, 1, N)
-                image_attentions = tuple(
-                    a.gather(-1, index.expand(*a.shape[:3], index.shape[-1])) for a in attentions
-                )
+        if llm_kwargs["output_attentions"] and weights_available and attentions:
+            attentions, image_attentions = sequence.split_attentions(attentions)
         return HiveCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            hidden_states=hidden_states,
+            loss=targets.after_prepended(sequence.prepended).loss(out.logits, self.config.text_config.vocab_size),
+            logits=sequence.caller_positions(out.logits),
+            hidden_states=sequence.caller_hidden_states(out.hidden_states),
             attentions=attentions,
             image_attentions=image_attentions,
             image_outputs=image_outputs,
-            **_cache_kwargs(out_cache),
+            **_cache_kwargs(_cache_of(out)),
         )
 
     # -- generation ----------------------------------------------------------------------------------------------
@@ -1480,6 +1382,210 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if not is_first_iteration and kwargs.get("use_cache", True):
             model_inputs.pop("pixel_values", None)
         return model_inputs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What `HiveForConditionalGeneration.forward` calls: input checks, loss targets, output alignment
+# ---------------------------------------------------------------------------------------------------------------------
+def _check_forward_inputs(
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    pixel_values: torch.Tensor | None,
+    image_key_values: tuple | None,
+) -> None:
+    """Raise on inputs `HiveForConditionalGeneration.forward` cannot take together, naming them and the counts."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+    if pixel_values is not None and image_key_values is not None:
+        raise ValueError("Pass either `pixel_values` or `image_key_values`, not both.")
+    text_batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+    if pixel_values is not None and pixel_values.shape[0] != text_batch:
+        raise ValueError(
+            f"Got {pixel_values.shape[0]} images (`pixel_values`) for {text_batch} text sequences; HIVE takes "
+            "exactly one image per sequence."
+        )
+
+
+@dataclass
+class _LossTargets:
+    """What the next-token loss scores the logits against, as `ForCausalLMLoss` takes it.
+
+    labels: `(batch_size, sequence_length)`, aligned with the input (the loss shifts them).
+    shift_labels: the same already shifted left (sequence/context parallelism), used instead of shifting `labels`.
+    num_items_in_batch: the Trainer's token count across gradient-accumulation steps.
+    """
+
+    labels: torch.LongTensor | None
+    shift_labels: torch.LongTensor | None = None
+    num_items_in_batch: torch.Tensor | int | None = None
+
+    def loss(self, logits: torch.Tensor, vocab_size: int) -> torch.Tensor | None:
+        if self.labels is None and self.shift_labels is None:
+            return None
+        return ForCausalLMLoss(logits, self.labels, vocab_size, num_items_in_batch=self.num_items_in_batch,
+                               shift_labels=self.shift_labels)
+
+    def without_image(self, is_image: torch.Tensor | None) -> _LossTargets:
+        """concat: image positions (`is_image`, `(B, T)`) never count in the loss, nor do predictions of them."""
+        if is_image is None:
+            return self
+        labels, shift_labels = self.labels, self.shift_labels
+        if labels is not None:
+            labels = labels.masked_fill(is_image, -100)
+        if shift_labels is not None:
+            next_is_image = torch.cat([is_image[:, 1:], is_image.new_zeros(is_image.shape[0], 1)], dim=1)
+            shift_labels = shift_labels.masked_fill(next_is_image, -100)
+        return dataclasses.replace(self, labels=labels, shift_labels=shift_labels)
+
+    def after_prepended(self, prepended: int) -> _LossTargets:
+        """concat: the targets of the sequence with `prepended` image tokens before it, which score nothing. The last
+        image token predicts the first text token, as with placeholders (a label `shift_labels` does not hold: not
+        scored there)."""
+        if not prepended:
+            return self
+
+        def pad(labels: torch.Tensor | None) -> torch.Tensor | None:
+            if labels is None:
+                return None
+            return torch.cat([labels.new_full((labels.shape[0], prepended), -100), labels], dim=1)  # (B, N + T)
+
+        return dataclasses.replace(self, labels=pad(self.labels), shift_labels=pad(self.shift_labels))
+
+
+def _embeddings_first(
+    hidden_states: tuple[torch.Tensor | None, ...] | None,
+    inputs_embeds: torch.Tensor,
+    config: HiveConfig,
+    image: HiveImageContext,
+) -> tuple[torch.Tensor | None, ...] | None:
+    """The LLM's hidden states with the embeddings first, as in every LM: in gated fusion with layer 0 fused, the
+    LLM records layer 0's input after the pre-hook added the cross-attention to it."""
+    fused_first = config.fusion == "gated" and 0 in config.cross_attention_layers
+    if fused_first and image.key_values is not None and hidden_states and hidden_states[0] is not None:
+        return (inputs_embeds, *hidden_states[1:])
+    return hidden_states
+
+
+def _with_fused_layer_attentions(
+    llm_attentions: tuple[torch.Tensor, ...] | None,
+    fused_attentions: list[torch.Tensor | None] | None,
+    config: HiveConfig,
+) -> tuple[torch.Tensor | None, ...] | None:
+    """One attention entry per LLM layer: the LLM records only the attention modules it owns, so joint's fused
+    layers' own (text) attentions join in layer order, when the LLM recorded its other layers' (an sdpa LLM computes
+    no weights)."""
+    recorded = len(llm_attentions or ()) + len(fused_attentions or ())
+    if fused_attentions and recorded == config.text_config.num_hidden_layers:
+        return _merge_layer_outputs(llm_attentions or (), fused_attentions, config.cross_attention_layers)
+    return llm_attentions
+
+
+def _concat_image_attentions_available(config: HiveConfig, output_attentions: bool | None) -> bool:
+    """Whether the LLM returns the attention weights concat reads `image_attentions` from (only `eager` does);
+    warns once when they are asked for and it does not."""
+    available = config.text_config._attn_implementation == "eager"
+    if output_attentions and not available:
+        logger.warning_once(
+            "fusion='concat' reads image attention from the LLM's own attention weights, which only "
+            "attn_implementation='eager' returns; `image_attentions` is None. Load the model with "
+            "attn_implementation='eager' to get them."
+        )
+    return available
+
+
+@dataclass
+class _ConcatSequence:
+    """What the LLM computes from in concat fusion, and how its outputs map back onto the caller's sequence.
+
+    inputs_embeds: `(batch_size, prepended + sequence_length, hidden_size)`, the caller's embeddings with the image
+        tokens at their placeholders or before them.
+    attention_mask: 2-D, `(batch_size, past + prepended + sequence_length)`, covering any image the cache holds.
+    position_ids: `(batch_size, prepended + sequence_length)`, skipping padding (or the caller's, when it gave some
+        and the image did not move the text).
+    prepended: image tokens this forward put before the caller's sequence (0: at placeholders, or no image).
+    image_prefix: image positions before the caller's sequence, in the cache and in this forward: `prepended`, or
+        those a cache from a prepending prefill holds.
+    image_positions: `(batch_size, num_image_tokens)`, where the image tokens sit when at placeholders.
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor | None
+    prepended: int = 0
+    image_prefix: int = 0
+    image_positions: torch.Tensor | None = None
+
+    @classmethod
+    def build(
+        cls,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        is_image: torch.Tensor | None,
+        image_outputs: BaseModelOutputWithPooling | None,
+        cache: Cache | None,
+        image_token_id: int,
+    ) -> _ConcatSequence:
+        """The image tokens of `image_outputs` at the placeholders `is_image` marks, or prepended when there are
+        none; without an image, a mask that covers the image positions a cache from a prepending prefill holds."""
+        batch, seq_len = inputs_embeds.shape[:2]
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=inputs_embeds.device)
+        prepended, image_positions = 0, None
+        if image_outputs is None:  # the cache may hold image positions the caller's 2-D mask lacks
+            past = cache.get_seq_length() if cache is not None else 0
+            if attention_mask.shape[1] < past + seq_len:
+                pad = past + seq_len - attention_mask.shape[1]
+                attention_mask = torch.cat([attention_mask.new_ones(batch, pad), attention_mask], dim=1)
+                position_ids = None  # recounted below over the whole mask
+        else:
+            image_embeds = image_outputs.pooler_output  # (B, N, D)
+            num_image = image_embeds.shape[1]
+            found = int(is_image.sum()) if is_image is not None else 0
+            if found == 0:
+                prepended = num_image
+                inputs_embeds = torch.cat([image_embeds, inputs_embeds], dim=1)  # (B, N + T, D)
+                attention_mask = torch.cat([attention_mask.new_ones(batch, num_image), attention_mask], dim=1)
+                position_ids = None  # recounted below over image + text
+            elif found != batch * num_image:
+                raise ValueError(
+                    f"input_ids hold {found} image placeholder tokens (id {image_token_id}) but the images give "
+                    f"{batch} x {num_image} = {batch * num_image} vision tokens; put {num_image} placeholders per "
+                    "sequence (HiveProcessor does) or none to have them prepended."
+                )
+            else:
+                inputs_embeds = inputs_embeds.masked_scatter(is_image[..., None], image_embeds)
+                image_positions = is_image.nonzero()[:, 1].view(batch, num_image)  # (B, N)
+        position_ids = _position_ids(attention_mask, position_ids, inputs_embeds.shape[1])
+        return cls(inputs_embeds, attention_mask, position_ids, prepended, prepended or _image_of(cache).prepended,
+                   image_positions)
+
+    def caller_positions(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` `(B, L, V)` without the prepended image positions (when the LLM computed every position's; with
+        `logits_to_keep` they are the caller's last positions already)."""
+        if self.prepended and logits.shape[1] == self.inputs_embeds.shape[1]:
+            return logits[:, self.prepended:]
+        return logits
+
+    def caller_hidden_states(
+        self, hidden_states: tuple[torch.Tensor | None, ...] | None
+    ) -> tuple[torch.Tensor | None, ...] | None:
+        if self.prepended and hidden_states:
+            return tuple(h[:, self.prepended:] if h is not None else None for h in hidden_states)
+        return hidden_states
+
+    def split_attentions(
+        self, attentions: tuple[torch.Tensor, ...]
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+        """The LLM's weights per layer, `(B, H, prepended + T, S)`, as (the caller's queries over the caller's keys,
+        the same queries over the image tokens)."""
+        if self.image_prefix:  # (B, H, T, prefix + S): the image keys first, then the caller's
+            return (tuple(a[:, :, self.prepended:, self.image_prefix:] for a in attentions),
+                    tuple(a[:, :, self.prepended:, : self.image_prefix] for a in attentions))
+        if self.image_positions is not None:
+            index = self.image_positions[:, None, None, :]  # (B, 1, 1, N)
+            return attentions, tuple(a.gather(-1, index.expand(*a.shape[:3], index.shape[-1])) for a in attentions)
+        return attentions, None
 
 
 def causal_lm_config_as(path: str, model_type: str, **kwargs: Any) -> tuple[PreTrainedConfig, str | None]:
@@ -1500,6 +1606,30 @@ def causal_lm_config_as(path: str, model_type: str, **kwargs: Any) -> tuple[PreT
     if config_dict.pop("share_embedding", False):  # MobileLLM: the LM head is the input embedding
         config_dict["tie_word_embeddings"] = True
     return config_class(**config_dict), source_type
+
+
+def _check_llama_shaped(layer: nn.Module) -> None:
+    """Raise unless the LLM decoder `layer` has what joint and gated fusion use: `self_attn` with q/k/v/o
+    projections, and `input_layernorm`."""
+    missing = [n for n in ("self_attn", "input_layernorm") if not hasattr(layer, n)]
+    if missing or not all(hasattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        raise ValueError(
+            f"LLM decoder layer {type(layer).__name__} is not Llama-shaped (self_attn with q/k/v/o_proj and "
+            "input_layernorm); HIVE's joint and gated fusion need a Llama-family decoder."
+        )
+
+
+def _load_llm_weights(language_model: nn.Module, llm: nn.Module, path: str) -> None:
+    """Copy the pretrained causal LM `llm` (from `path`) into HIVE's language model, which may only lack HIVE's own
+    fusion weights; raise naming the keys otherwise."""
+    result = language_model.load_state_dict(llm.state_dict(), strict=False)
+    unexpected = list(result.unexpected_keys)
+    bad_missing = [k for k in result.missing_keys if not any(part in k for part in _FUSION_NAMES)]
+    if unexpected or bad_missing:
+        raise ValueError(
+            f"The LLM checkpoint {path!r} does not fit the HIVE language model: missing {bad_missing[:5]}, "
+            f"unexpected {unexpected[:5]}."
+        )
 
 
 def _load_causal_lm_as(path: str, model_type: str, kwargs: dict[str, Any]) -> PreTrainedModel:
