@@ -120,13 +120,20 @@ def _pop_cache(cache: Cache | None, kwargs: dict[str, Any], legacy: Cache | None
     return cache if cache is not None else legacy
 
 
-def _warn_legacy_cache_name(owner: str) -> None:
-    """A caller passed `past_key_values` to a model: from 5.24 on that name is deprecated, and the library's own
-    models say so (generation itself passes `cache` there); before 5.24 it is the only name."""
-    if CACHE_NAME == "cache":
+def _model_cache_argument(owner: str, cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache a caller passed to `owner.forward`, as `cache` or as `past_key_values`. From 5.24 on the latter name is
+    deprecated and, as the library's own models do, this warns (generation itself passes `cache` there); before 5.24
+    it is the only name, which generation passes, and nothing is said."""
+    if past_key_values is not None and CACHE_NAME == "cache":
+        # stacklevel 6: the caller's line, past this helper, `forward`, `can_return_tuple` and nn.Module's two calls
         warnings.warn(f"`past_key_values` is deprecated for `{owner}.forward`; use `cache` instead (transformers "
-                      "renamed it in 5.24).", FutureWarning, stacklevel=3)
+                      "renamed it in 5.24).", FutureWarning, stacklevel=6)
+    return _pop_cache(cache, {}, past_key_values)
 
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Names: which part of the model a parameter belongs to, and what each training stage trains
+# ---------------------------------------------------------------------------------------------------------------------
 # Attention implementations the image-joined attention computes itself (it needs an explicit mask with image columns).
 _JOINT_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -141,8 +148,8 @@ STAGE_COMPONENTS = {
 _FUSION_NAMES = (".cross_attn.", ".image_k_proj.", ".image_v_proj.", ".hive_q_norm.", ".hive_k_norm.")
 _IMAGE_KV_NAMES = (".image_k_proj.", ".image_v_proj.")
 _EMBEDDING_NAMES = ("embed_tokens", "lm_head")
-# An LLM decoder layer's own self-attention (a gated layer wraps the decoder layer as `decoder_layer`).
-_SELF_ATTENTION = re.compile(r"\.layers\.(\d+)\.(?:decoder_layer\.)?self_attn\.")
+# An LLM decoder layer's own self-attention (every fusion keeps the LLM's module names).
+_SELF_ATTENTION = re.compile(r"\.layers\.(\d+)\.self_attn\.")
 
 
 def parameter_component(name: str) -> str:
@@ -157,6 +164,9 @@ def parameter_component(name: str) -> str:
     return "llm"
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------------
 @dataclass
 class HiveVisionEncoderOutput(ModelOutput):
     r"""
@@ -412,8 +422,9 @@ class HiveImageContext:
     """Everything the fused LLM layers take from the image in one forward (joint and gated fusion), and where they
     record the attention weights `output_attentions` asks for.
 
-    Its path, which no other channel carries:
-    1. `HiveForConditionalGeneration.forward` builds it (`_image_context`) and calls the LLM with `hive_image=<it>`.
+    This is the only way the image reaches the fused layers:
+    1. `HiveForConditionalGeneration.forward` (joint/gated: `_forward_fused`) builds it with `_image_context` and calls
+       the LLM with `hive_image=<it>`.
     2. The LLM's decoder model hands its keyword arguments on to every decoder layer, and each decoder layer to its
        self-attention, untouched (the `**kwargs` contract of transformers' Llama-family decoders). Layers that are not
        fused take no `hive_image` argument and ignore it.
@@ -462,41 +473,8 @@ class HiveImageContext:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The image a returned cache carries
+# The fused attention: joint (the LLM layer's own self-attention, joined by the image) and gated (a block before it)
 # ---------------------------------------------------------------------------------------------------------------------
-# A forward that continues from a cache this model returned (a later generation step, or a caller passing the cache
-# back without `pixel_values`) keeps that cache's image: `_attach_image` writes it onto the cache under this attribute
-# after the LLM call, `_image_of` reads it back; nothing else touches the attribute.
-_CACHE_IMAGE = "hive_cached_image"
-
-
-@dataclass
-class _CachedImage:
-    """What a returned cache remembers of its image.
-
-    key_values: joint/gated, every fused layer's image `(key, value)` (the cache itself holds text keys/values only).
-    prepended: concat, how many image positions the cache holds before the caller's sequence (0 when the image sat at
-        placeholders of the sequence, or there is none), so that later outputs stay aligned with that sequence.
-    """
-
-    key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
-    prepended: int = 0
-
-
-def _attach_image(cache: Cache | None, image: _CachedImage) -> None:
-    """Let `cache` (what the LLM just returned; `None` without `use_cache`) carry `image`, read by `_image_of`."""
-    if cache is None:
-        return
-    if image.prepended and not _image_of(cache).prepended:  # first time: cropping must count after the image
-        _crop_after_prepended_image(cache, image.prepended)
-    setattr(cache, _CACHE_IMAGE, image)
-
-
-def _image_of(cache: Cache | None) -> _CachedImage:
-    """The image `cache` carries (`_attach_image`); none for a cache this model did not return, or no cache."""
-    return getattr(cache, _CACHE_IMAGE, None) or _CachedImage()
-
-
 class HiveJointAttention(nn.Module):
     """A Llama-family self-attention whose text queries also attend to one tapped encoder layer (joint fusion).
 
@@ -708,6 +686,42 @@ def _gated_cross_attention_before_layer(
     if args:
         return (hidden_states, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden_states}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The image a returned cache carries
+# ---------------------------------------------------------------------------------------------------------------------
+# A forward that continues from a cache this model returned (a later generation step, or a caller passing the cache
+# back without `pixel_values`) keeps that cache's image: `_attach_image` writes it onto the cache under this attribute
+# after the LLM call, `_image_of` reads it back; nothing else touches the attribute.
+_CACHE_IMAGE = "hive_cached_image"
+
+
+@dataclass
+class _CachedImage:
+    """What a returned cache remembers of its image.
+
+    key_values: joint/gated, every fused layer's image `(key, value)` (the cache itself holds text keys/values only).
+    prepended: concat, how many image positions the cache holds before the caller's sequence (0 when the image sat at
+        placeholders of the sequence, or there is none), so that later outputs stay aligned with that sequence.
+    """
+
+    key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    prepended: int = 0
+
+
+def _attach_image(cache: Cache | None, image: _CachedImage) -> None:
+    """Let `cache` (what the LLM just returned; `None` without `use_cache`) carry `image`, read by `_image_of`."""
+    if cache is None:
+        return
+    if image.prepended and not _image_of(cache).prepended:  # first time: cropping must count after the image
+        _crop_after_prepended_image(cache, image.prepended)
+    setattr(cache, _CACHE_IMAGE, image)
+
+
+def _image_of(cache: Cache | None) -> _CachedImage:
+    """The image `cache` carries (`_attach_image`); none for a cache this model did not return, or no cache."""
+    return getattr(cache, _CACHE_IMAGE, None) or _CachedImage()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1252,9 +1266,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, keyword only):
             Labels already shifted left (sequence/context parallelism); used instead of shifting `labels`.
         """
-        if past_key_values is not None:
-            _warn_legacy_cache_name(type(self).__name__)
-        cache = _pop_cache(cache, kwargs, past_key_values)
+        cache = _model_cache_argument(type(self).__name__, cache, past_key_values)
         _check_forward_inputs(input_ids, inputs_embeds, pixel_values, image_key_values)
         targets = _LossTargets(labels, kwargs.pop("shift_labels", None), kwargs.pop("num_items_in_batch", None))
         # what goes to the LLM as it is: the output flags (`None` falls back to the config) and the caller's extras
@@ -1588,64 +1600,6 @@ class _ConcatSequence:
         return attentions, None
 
 
-def causal_lm_config_as(path: str, model_type: str, **kwargs: Any) -> tuple[PreTrainedConfig, str | None]:
-    """The config of the LM at `path` read as transformers' `model_type` (see `from_vision_text_pretrained`'s
-    `text_model_type`), with its `auto_map` and `architectures` dropped and MobileLLM's `share_embedding` as tied
-    embeddings; and the model type the file names."""
-    if model_type not in CONFIG_MAPPING:
-        raise ValueError(
-            f"`text_model_type` must be a model type this transformers release knows (e.g. 'llama'), got "
-            f"{model_type!r}."
-        )
-    config_class = CONFIG_MAPPING[model_type]
-    config_dict, _ = config_class.get_config_dict(path, **kwargs)
-    config_dict = dict(config_dict)
-    source_type = config_dict.pop("model_type", None)
-    for key in ("auto_map", "architectures"):  # they point at the custom code we are not running
-        config_dict.pop(key, None)
-    if config_dict.pop("share_embedding", False):  # MobileLLM: the LM head is the input embedding
-        config_dict["tie_word_embeddings"] = True
-    return config_class(**config_dict), source_type
-
-
-def _check_llama_shaped(layer: nn.Module) -> None:
-    """Raise unless the LLM decoder `layer` has what joint and gated fusion use: `self_attn` with q/k/v/o
-    projections, and `input_layernorm`."""
-    missing = [n for n in ("self_attn", "input_layernorm") if not hasattr(layer, n)]
-    if missing or not all(hasattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
-        raise ValueError(
-            f"LLM decoder layer {type(layer).__name__} is not Llama-shaped (self_attn with q/k/v/o_proj and "
-            "input_layernorm); HIVE's joint and gated fusion need a Llama-family decoder."
-        )
-
-
-def _load_llm_weights(language_model: nn.Module, llm: nn.Module, path: str) -> None:
-    """Copy the pretrained causal LM `llm` (from `path`) into HIVE's language model, which may only lack HIVE's own
-    fusion weights; raise naming the keys otherwise."""
-    result = language_model.load_state_dict(llm.state_dict(), strict=False)
-    unexpected = list(result.unexpected_keys)
-    bad_missing = [k for k in result.missing_keys if not any(part in k for part in _FUSION_NAMES)]
-    if unexpected or bad_missing:
-        raise ValueError(
-            f"The LLM checkpoint {path!r} does not fit the HIVE language model: missing {bad_missing[:5]}, "
-            f"unexpected {unexpected[:5]}."
-        )
-
-
-def _load_causal_lm_as(path: str, model_type: str, kwargs: dict[str, Any]) -> PreTrainedModel:
-    """The causal LM at `path` loaded as transformers' `model_type` architecture (see `from_vision_text_pretrained`)."""
-    config, source_type = causal_lm_config_as(path, model_type, **kwargs)
-    llm, info = AutoModelForCausalLM.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
-    problems = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if any(problems.values()):
-        raise ValueError(
-            f"{path!r} (model_type {source_type!r}) does not load as {model_type!r}: "
-            + "; ".join(f"{k.replace('_', ' ')} {v[:5]}" for k, v in problems.items() if v)
-        )
-    logger.info(f"Loaded {path!r} (model_type {source_type!r}) as {type(llm).__name__}")
-    return llm
-
-
 def _merge_layer_outputs(
     llm_outputs: tuple[torch.Tensor, ...], fused_outputs: list[torch.Tensor | None], fused_layers: list[int]
 ) -> tuple[torch.Tensor | None, ...]:
@@ -1676,6 +1630,67 @@ def _position_ids(attention_mask: torch.Tensor | None, position_ids: torch.Tenso
         return position_ids
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, past + T)
     return positions[:, -seq_len:]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building the model: the LLM it fuses into, loaded and checked
+# ---------------------------------------------------------------------------------------------------------------------
+def _check_llama_shaped(layer: nn.Module) -> None:
+    """Raise unless the LLM decoder `layer` has what joint and gated fusion use: `self_attn` with q/k/v/o
+    projections, and `input_layernorm`."""
+    missing = [n for n in ("self_attn", "input_layernorm") if not hasattr(layer, n)]
+    if missing or not all(hasattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        raise ValueError(
+            f"LLM decoder layer {type(layer).__name__} is not Llama-shaped (self_attn with q/k/v/o_proj and "
+            "input_layernorm); HIVE's joint and gated fusion need a Llama-family decoder."
+        )
+
+
+def _load_llm_weights(language_model: nn.Module, llm: nn.Module, path: str) -> None:
+    """Copy the pretrained causal LM `llm` (from `path`) into HIVE's language model, which may only lack HIVE's own
+    fusion weights; raise naming the keys otherwise."""
+    result = language_model.load_state_dict(llm.state_dict(), strict=False)
+    unexpected = list(result.unexpected_keys)
+    bad_missing = [k for k in result.missing_keys if not any(part in k for part in _FUSION_NAMES)]
+    if unexpected or bad_missing:
+        raise ValueError(
+            f"The LLM checkpoint {path!r} does not fit the HIVE language model: missing {bad_missing[:5]}, "
+            f"unexpected {unexpected[:5]}."
+        )
+
+
+def causal_lm_config_as(path: str, model_type: str, **kwargs: Any) -> tuple[PreTrainedConfig, str | None]:
+    """The config of the LM at `path` read as transformers' `model_type` (see `from_vision_text_pretrained`'s
+    `text_model_type`), with its `auto_map` and `architectures` dropped and MobileLLM's `share_embedding` as tied
+    embeddings; and the model type the file names."""
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"`text_model_type` must be a model type this transformers release knows (e.g. 'llama'), got "
+            f"{model_type!r}."
+        )
+    config_class = CONFIG_MAPPING[model_type]
+    config_dict, _ = config_class.get_config_dict(path, **kwargs)
+    config_dict = dict(config_dict)
+    source_type = config_dict.pop("model_type", None)
+    for key in ("auto_map", "architectures"):  # they point at the custom code we are not running
+        config_dict.pop(key, None)
+    if config_dict.pop("share_embedding", False):  # MobileLLM: the LM head is the input embedding
+        config_dict["tie_word_embeddings"] = True
+    return config_class(**config_dict), source_type
+
+
+def _load_causal_lm_as(path: str, model_type: str, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """The causal LM at `path` loaded as transformers' `model_type` architecture (see `from_vision_text_pretrained`)."""
+    config, source_type = causal_lm_config_as(path, model_type, **kwargs)
+    llm, info = AutoModelForCausalLM.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    problems = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        raise ValueError(
+            f"{path!r} (model_type {source_type!r}) does not load as {model_type!r}: "
+            + "; ".join(f"{k.replace('_', ' ')} {v[:5]}" for k, v in problems.items() if v)
+        )
+    logger.info(f"Loaded {path!r} (model_type {source_type!r}) as {type(llm).__name__}")
+    return llm
 
 
 __all__ = ["HivePreTrainedModel", "HiveVisionEncoderModel", "HiveForConditionalGeneration", "load_vision_tower"]
