@@ -64,6 +64,27 @@ logger = logging.get_logger(__name__)
 CACHE_NAME = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
 
 
+def _cache_kwargs(cache: Cache | None) -> dict[str, Cache | None]:
+    """`cache` as the keyword argument this release's models take it under (and its output classes hold it under)."""
+    return {CACHE_NAME: cache}
+
+
+def _cache_of(output: ModelOutput) -> Cache | None:
+    """The key/value cache a model output of this release holds."""
+    return getattr(output, CACHE_NAME)
+
+
+def _cache_field_named_for_this_release(cls: type) -> type:
+    """Class decorator, under `@dataclass`, for an output class declaring its cache as the field `cache`: on releases
+    before 5.24 that field is named `past_key_values` instead, in the same place of the field order (which
+    `to_tuple()` follows), as the library's own outputs name it there."""
+    if CACHE_NAME != "cache":
+        cls.__annotations__ = {(CACHE_NAME if name == "cache" else name): t for name, t in cls.__annotations__.items()}
+        setattr(cls, CACHE_NAME, cls.__dict__["cache"])
+        delattr(cls, "cache")
+    return cls
+
+
 # 5.23 renamed gradient checkpointing to activation checkpointing, in the model method
 # (`activation_checkpointing_enable(activation_checkpointing_kwargs=...)`) and in the `TrainingArguments` flag, at once;
 # the old names warn. `f"{CHECKPOINTING}_enable"` and `f"{CHECKPOINTING}_kwargs"` are this release's names.
@@ -71,13 +92,6 @@ CHECKPOINTING = (
     "activation_checkpointing" if hasattr(PreTrainedModel, "activation_checkpointing_enable") else "gradient_checkpointing"
 )
 
-
-# joint/gated: a cache this model returns carries the image keys/values under this attribute, so that continuing a
-# generation from it keeps the image (concat keeps it anyway: its image tokens are in the cache).
-_CACHE_IMAGE_KEY_VALUES = "hive_image_key_values"
-# concat: a cache this model returned after prepending the image records how many image positions it holds before the
-# caller's sequence, so that later outputs stay aligned with that sequence.
-_CACHE_PREPENDED_IMAGE = "hive_prepended_image_tokens"
 
 # Before 5.23, `Cache.crop(max_length)` keeps the first `max_length` positions, and assisted decoding crops the cache to
 # a length counted on the caller's sequence; from 5.23 on, `crop(tokens_to_remove)` removes positions from the end.
@@ -106,13 +120,20 @@ def _pop_cache(cache: Cache | None, kwargs: dict[str, Any], legacy: Cache | None
     return cache if cache is not None else legacy
 
 
-def _warn_legacy_cache_name(owner: str) -> None:
-    """A caller passed `past_key_values` to a model: from 5.24 on that name is deprecated, and the library's own
-    models say so (generation itself passes `cache` there); before 5.24 it is the only name."""
-    if CACHE_NAME == "cache":
+def _model_cache_argument(owner: str, cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache a caller passed to `owner.forward`, as `cache` or as `past_key_values`. From 5.24 on the latter name is
+    deprecated and, as the library's own models do, this warns (generation itself passes `cache` there); before 5.24
+    it is the only name, which generation passes, and nothing is said."""
+    if past_key_values is not None and CACHE_NAME == "cache":
+        # stacklevel 6: the caller's line, past this helper, `forward`, `can_return_tuple` and nn.Module's two calls
         warnings.warn(f"`past_key_values` is deprecated for `{owner}.forward`; use `cache` instead (transformers "
-                      "renamed it in 5.24).", FutureWarning, stacklevel=3)
+                      "renamed it in 5.24).", FutureWarning, stacklevel=6)
+    return _pop_cache(cache, {}, past_key_values)
 
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Names: which part of the model a parameter belongs to, and what each training stage trains
+# ---------------------------------------------------------------------------------------------------------------------
 # Attention implementations the image-joined attention computes itself (it needs an explicit mask with image columns).
 _JOINT_ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -127,8 +148,8 @@ STAGE_COMPONENTS = {
 _FUSION_NAMES = (".cross_attn.", ".image_k_proj.", ".image_v_proj.", ".hive_q_norm.", ".hive_k_norm.")
 _IMAGE_KV_NAMES = (".image_k_proj.", ".image_v_proj.")
 _EMBEDDING_NAMES = ("embed_tokens", "lm_head")
-# An LLM decoder layer's own self-attention (a gated layer wraps the decoder layer as `decoder_layer`).
-_SELF_ATTENTION = re.compile(r"\.layers\.(\d+)\.(?:decoder_layer\.)?self_attn\.")
+# An LLM decoder layer's own self-attention (every fusion keeps the LLM's module names).
+_SELF_ATTENTION = re.compile(r"\.layers\.(\d+)\.self_attn\.")
 
 
 def parameter_component(name: str) -> str:
@@ -143,6 +164,9 @@ def parameter_component(name: str) -> str:
     return "llm"
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------------
 @dataclass
 class HiveVisionEncoderOutput(ModelOutput):
     r"""
@@ -169,6 +193,7 @@ class HiveVisionEncoderOutput(ModelOutput):
 
 
 @dataclass
+@_cache_field_named_for_this_release
 class HiveCausalLMOutputWithPast(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
@@ -201,10 +226,7 @@ class HiveCausalLMOutputWithPast(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    if CACHE_NAME == "cache":
-        cache: Cache | None = None
-    else:
-        past_key_values: Cache | None = None
+    cache: Cache | None = None  # `past_key_values` before 5.24: see `_cache_field_named_for_this_release`
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -311,6 +333,9 @@ def _allowed_text_keys(attention_mask: torch.Tensor | None, q_len: int, kv_len: 
     return attention_mask == 0  # additive float mask: 0 keeps, dtype-min removes
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# How the image reaches the fused layers (joint and gated)
+# ---------------------------------------------------------------------------------------------------------------------
 @dataclass
 class HiveTextPlacement:
     """Where the text of one forward sits relative to the image (joint fusion with `image_rope`).
@@ -326,6 +351,10 @@ class HiveTextPlacement:
     cos: torch.Tensor
     sin: torch.Tensor
     sees_image: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> HiveTextPlacement:
+        """Moved to `device` (see `HiveImageContext.to`)."""
+        return HiveTextPlacement(*(t.to(device, non_blocking=non_blocking) for t in (self.cos, self.sin, self.sees_image)))
 
 
 def _mrope_components(head_dim: int, device: torch.device) -> torch.Tensor:
@@ -363,6 +392,89 @@ def image_rotary(
     return cos.gather(0, pick), sin.gather(0, pick)
 
 
+def text_placement(
+    rotary_emb: nn.Module,
+    like: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    num_image: int,
+    image_position: int,
+    mode: str,
+) -> HiveTextPlacement:
+    """Joint fusion with `image_rope` (`mode`, `1d` or `2d`): the fused layers' text positions, shifted past the
+    `num_image` image tokens placed at text position `image_position`, and which text tokens see the image.
+
+    `position_ids` `(batch_size | 1, sequence_length)` are the text's positions in the LLM's other layers;
+    `attention_mask` the caller's 2-D mask (padding sees the image, see `HiveTextPlacement.sees_image`); `rotary_emb`
+    the LLM's own rotary module and `like` a tensor of the dtype and device it computes in.
+    """
+    follows = position_ids >= image_position  # (B, T)
+    shift = math.isqrt(num_image) if mode == "2d" else num_image
+    cos, sin = rotary_emb(like, position_ids + follows * shift)  # each (B, T, head_dim)
+    sees_image = follows
+    if attention_mask is not None and attention_mask.dim() == 2:
+        sees_image = sees_image | ~attention_mask[:, -position_ids.shape[1]:].bool()
+    return HiveTextPlacement(cos=cos, sin=sin, sees_image=sees_image)
+
+
+@dataclass
+class HiveImageContext:
+    """Everything the fused LLM layers take from the image in one forward (joint and gated fusion), and where they
+    record the attention weights `output_attentions` asks for.
+
+    This is the only way the image reaches the fused layers:
+    1. `HiveForConditionalGeneration.forward` (joint/gated: `_forward_fused`) builds it with `_image_context` and calls
+       the LLM with `hive_image=<it>`.
+    2. The LLM's decoder model hands its keyword arguments on to every decoder layer, and each decoder layer to its
+       self-attention, untouched (the `**kwargs` contract of transformers' Llama-family decoders). Layers that are not
+       fused take no `hive_image` argument and ignore it.
+    3. joint: a fused layer's self-attention is a `HiveJointAttention`, whose `forward` takes `hive_image` and joins
+       `key_values[fusion_index]` to its text keys/values. gated: `_gated_cross_attention_before_layer`, a forward
+       pre-hook of the fused decoder layer, reads `hive_image` from the layer's keyword arguments and runs the layer's
+       `HiveGatedCrossAttention` on the hidden states before the layer.
+
+    key_values (`tuple(tuple(torch.Tensor))`, *optional*):
+        Per fused layer (`config.cross_attention_layers` order) the image `(key, value)`, each `(batch_size,
+        num_kv_heads, num_image_tokens, head_dim)` (`HiveForConditionalGeneration.get_image_key_values`). `None`: no
+        image in this forward; the fused layers then compute what the plain LLM does.
+    placement (`HiveTextPlacement`, *optional*):
+        joint with `image_rope`: where the text sits relative to the image.
+    image_attentions (`list[torch.Tensor]`, *optional*):
+        A recorder, present when `output_attentions` is set and there is an image: each fused layer appends its
+        weights over the image tokens, `(batch_size, num_heads, sequence_length, num_image_tokens)`, in layer order.
+    text_attentions (`list[torch.Tensor | None]`, *optional*):
+        A recorder, present in joint fusion when `output_attentions` is set: each fused layer appends its own weights
+        over its text keys (`None` where its attention computes none), which the LLM does not record (it records its
+        own attention class only).
+    """
+
+    key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    placement: HiveTextPlacement | None = None
+    image_attentions: list[torch.Tensor] | None = None
+    text_attentions: list[torch.Tensor | None] | None = None
+
+    def record_image_attention(self, weights: torch.Tensor) -> None:
+        if self.image_attentions is not None:
+            self.image_attentions.append(weights)
+
+    def record_text_attention(self, weights: torch.Tensor | None) -> None:
+        if self.text_attentions is not None:
+            self.text_attentions.append(weights)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> HiveImageContext:
+        """The image moved to `device`, sharing the recorders: with the LLM split across devices (`device_map`),
+        accelerate moves each layer's inputs to that layer's device by calling `.to` on them, this one included."""
+        move = {"device": device, "non_blocking": non_blocking}
+        key_values = None
+        if self.key_values is not None:
+            key_values = tuple((key.to(**move), value.to(**move)) for key, value in self.key_values)
+        placement = self.placement.to(**move) if self.placement is not None else None
+        return dataclasses.replace(self, key_values=key_values, placement=placement)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The fused attention: joint (the LLM layer's own self-attention, joined by the image) and gated (a block before it)
+# ---------------------------------------------------------------------------------------------------------------------
 class HiveJointAttention(nn.Module):
     """A Llama-family self-attention whose text queries also attend to one tapped encoder layer (joint fusion).
 
@@ -427,57 +539,86 @@ class HiveJointAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-        hive_image_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
-        hive_attentions: list | None = None,
-        hive_text_attentions: list | None = None,
-        hive_text_placement: HiveTextPlacement | None = None,
+        hive_image: HiveImageContext | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        r"""
+        hive_image (`HiveImageContext`, *optional*):
+            What `HiveForConditionalGeneration.forward` handed the LLM for its fused layers, passed on to this
+            attention by its decoder layer with its other keyword arguments. Its `key_values[self.fusion_index]` join
+            this layer's text keys/values, its `placement` puts the text past the image, and this layer records its
+            weights in it. `None`, or no image in it: exactly the LLM's own attention.
+        """
         cache = _pop_cache(cache, kwargs)  # the decoder layer passes it as `cache` (5.24+) or `past_key_values`
-        input_shape = hidden_states.shape[:-1]
-        image = hive_image_kv is not None
+        image = hive_image if hive_image is not None and hive_image.key_values is not None else None
+        if image is not None and image.placement is not None:  # text after the image sits past it
+            position_embeddings = (image.placement.cos, image.placement.sin)
+        query, key, value = self._text_query_key_values(hidden_states, position_embeddings, cache, image is not None)
+        if image is None:
+            out, weights = self._llm_attention(query, key, value, attention_mask, **kwargs)
+        else:
+            out, weights = self._image_and_text_attention(query, key, value, attention_mask, image)
+        if hive_image is not None:  # the LLM records its own attention modules only, not this one
+            hive_image.record_text_attention(weights)
+        out = self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous())  # (B, T, H * D) -> (B, T, D_text)
+        return out, weights
+
+    def _text_query_key_values(
+        self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        cache: Cache | None, with_image: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The text's rotated queries `(B, H, T, D)` and its keys/values `(B, H_kv, S, D)`, the cache's included (it
+        holds text keys/values only, rotated and before the image QK-norm, as the authors' layer does)."""
         query = self._heads(self.q_proj, hidden_states, self.q_norm)
         key = self._heads(self.k_proj, hidden_states, self.k_norm)
         value = self._heads(self.v_proj, hidden_states, None)
-        if image and hive_text_placement is not None:  # text after the image sits past it
-            position_embeddings = (hive_text_placement.cos, hive_text_placement.sin)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        if image and self.hive_q_norm is not None:
+        if with_image and self.hive_q_norm is not None:
             query = self.hive_q_norm(query)
-        if cache is not None:  # the cache holds text keys/values only (rotated, before QK-norm, as the authors')
+        if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        dropout = self.attention_dropout if self.training else 0.0
+        return query, key, value
 
-        if not image:  # no image in this batch: exactly the LLM's own attention
-            interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-            out, weights = interface(
-                self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
-                sliding_window=self.sliding_window, **kwargs,
-            )
+    def _dropout(self) -> float:
+        return self.attention_dropout if self.training else 0.0
+
+    def _llm_attention(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """No image in this forward: the LLM's own attention, through its configured implementation."""
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        return interface(
+            self, query, key, value, attention_mask, dropout=self._dropout(), scaling=self.scaling,
+            sliding_window=self.sliding_window, **kwargs,
+        )
+
+    def _image_and_text_attention(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+        image: HiveImageContext,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The text queries over this layer's image keys, then its text keys under the LLM's causal mask. Returns the
+        output `(B, T, H, D)` and the weights over the text keys, as the plain LLM's (those over the image tokens go
+        to `image.image_attentions`)."""
+        if self.hive_k_norm is not None:
+            key = self.hive_k_norm(key)
+        image_key, image_value = image.key_values[self.fusion_index]
+        batch, q_len, text_len, num_image = query.shape[0], query.shape[2], key.shape[2], image_key.shape[2]
+        allowed = _allowed_text_keys(attention_mask, q_len, text_len, query.device).expand(batch, -1, -1, -1)
+        if image.placement is None:  # every query sees the whole image
+            image_cols = allowed.new_ones((batch, 1, q_len, num_image))
         else:
-            if self.hive_k_norm is not None:
-                key = self.hive_k_norm(key)
-            image_key, image_value = hive_image_kv[self.fusion_index]
-            batch, q_len, text_len, num_image = query.shape[0], query.shape[2], key.shape[2], image_key.shape[2]
-            allowed = _allowed_text_keys(attention_mask, q_len, text_len, query.device)
-            allowed = allowed.expand(batch, -1, -1, -1)
-            if hive_text_placement is None:
-                image_cols = allowed.new_ones((batch, 1, q_len, num_image))
-            else:
-                image_cols = hive_text_placement.sees_image[:, None, :, None].expand(-1, -1, -1, num_image)
-            allowed = torch.cat([image_cols, allowed], dim=-1)  # (B, 1, T, N + S)
-            key = torch.cat([image_key.to(key.dtype), key], dim=2)  # (B, H_kv, N + S, D)
-            value = torch.cat([image_value.to(value.dtype), value], dim=2)
-            need_weights = hive_attentions is not None or self.config._attn_implementation == "eager"
-            out, weights = _attend(query, key, value, allowed, self.scaling, dropout, need_weights, split=num_image)
-            if weights is not None:  # the layer's own attentions are over its text keys, as the plain LLM's
-                image_weights, weights = weights
-                if hive_attentions is not None:
-                    hive_attentions.append(image_weights)
-        if hive_text_attentions is not None:  # the LLM records its own attention modules only, not this one
-            hive_text_attentions.append(weights)
-        out = self.o_proj(out.reshape(*input_shape, -1).contiguous())
-        return out, weights
+            image_cols = image.placement.sees_image[:, None, :, None].expand(-1, -1, -1, num_image)
+        allowed = torch.cat([image_cols, allowed], dim=-1)  # (B, 1, T, N + S)
+        key = torch.cat([image_key.to(key.dtype), key], dim=2)  # (B, H_kv, N + S, D)
+        value = torch.cat([image_value.to(value.dtype), value], dim=2)
+        need_weights = image.image_attentions is not None or self.config._attn_implementation == "eager"
+        out, weights = _attend(query, key, value, allowed, self.scaling, self._dropout(), need_weights, split=num_image)
+        if weights is None:
+            return out, None
+        image_weights, text_weights = weights
+        image.record_image_attention(image_weights)
+        return out, text_weights
 
 
 class HiveGatedCrossAttention(nn.Module):
@@ -507,36 +648,80 @@ class HiveGatedCrossAttention(nn.Module):
         value = self.v_proj(normed).view(shape).transpose(1, 2)
         return key, value
 
-    def forward(
-        self, hidden_states: torch.Tensor, image_kv: tuple[torch.Tensor, torch.Tensor], hive_attentions: list | None
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, image: HiveImageContext) -> torch.Tensor:
+        """`hidden_states` `(B, T, D)` plus the gated attention of their queries over this layer's image keys/values,
+        `image.key_values[self.fusion_index]`; `image` is the context `_gated_cross_attention_before_layer` found in
+        the decoder layer's keyword arguments. The weights are recorded in `image.image_attentions` when asked."""
         input_shape = hidden_states.shape[:-1]
-        query = self.q_proj(self.norm(hidden_states)).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        image_key, image_value = (t.to(query.dtype) for t in image_kv)
-        out, weights = _attend(query, image_key, image_value, None, self.scaling, 0.0, hive_attentions is not None)
-        if hive_attentions is not None:
-            hive_attentions.append(weights)
-        out = self.o_proj(out.reshape(*input_shape, -1))
+        query = self.q_proj(self.norm(hidden_states)).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        image_key, image_value = (t.to(query.dtype) for t in image.key_values[self.fusion_index])
+        need_weights = image.image_attentions is not None
+        out, weights = _attend(query, image_key, image_value, None, self.scaling, 0.0, need_weights)
+        if need_weights:
+            image.record_image_attention(weights)
+        out = self.o_proj(out.reshape(*input_shape, -1))  # (B, T, H * D) -> (B, T, D)
         return hidden_states + torch.tanh(self.gate).to(out.dtype) * out
 
 
-def _gated_cross_attention_hook(layer: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
-    """Forward pre-hook of a decoder layer fed by a tapped encoder layer (gated fusion): its gated cross-attention
-    block (`layer.cross_attn`) runs on the hidden states before the layer does.
+def _gated_cross_attention_before_layer(
+    layer: nn.Module, args: tuple, kwargs: dict[str, Any]
+) -> tuple[tuple, dict] | None:
+    """Gated fusion: the first step of a fused decoder layer, its gated cross-attention block (`layer.cross_attn`)
+    adding the image to the hidden states before the layer runs. `HiveForConditionalGeneration._inject_fusion`
+    registers it as the layer's forward pre-hook.
 
-    A hook rather than a wrapper keeps the LLM's module names, so its checkpoint keys and tensor-parallel plan
-    (`layers.*.self_attn.q_proj`, ...) apply unchanged; it runs inside the layer's call, so gradient checkpointing
-    recomputes it with the layer.
+    `kwargs["hive_image"]` is the `HiveImageContext` that `HiveForConditionalGeneration.forward` handed the LLM, which
+    the LLM's decoder model passes to every decoder layer; without an image in it the layer runs as the LLM's own.
+
+    A hook rather than a wrapper module keeps the LLM's module names, so its checkpoint keys and tensor-parallel plan
+    (`layers.*.self_attn.q_proj`, ...) apply unchanged. Under gradient checkpointing, releases that checkpoint the
+    layer's call recompute this block with the layer; releases that checkpoint only its `forward` (recent ones) run it
+    once and keep its activations, which is as correct.
     """
-    image_kv = kwargs.get("hive_image_kv")
-    if image_kv is None:
+    image: HiveImageContext | None = kwargs.get("hive_image")
+    if image is None or image.key_values is None:
         return None
-    cross_attn = layer.cross_attn
     hidden_states = args[0] if args else kwargs["hidden_states"]
-    hidden_states = cross_attn(hidden_states, image_kv[cross_attn.fusion_index], kwargs.get("hive_attentions"))
+    hidden_states = layer.cross_attn(hidden_states, image)
     if args:
         return (hidden_states, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden_states}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The image a returned cache carries
+# ---------------------------------------------------------------------------------------------------------------------
+# A forward that continues from a cache this model returned (a later generation step, or a caller passing the cache
+# back without `pixel_values`) keeps that cache's image: `_attach_image` writes it onto the cache under this attribute
+# after the LLM call, `_image_of` reads it back; nothing else touches the attribute.
+_CACHE_IMAGE = "hive_cached_image"
+
+
+@dataclass
+class _CachedImage:
+    """What a returned cache remembers of its image.
+
+    key_values: joint/gated, every fused layer's image `(key, value)` (the cache itself holds text keys/values only).
+    prepended: concat, how many image positions the cache holds before the caller's sequence (0 when the image sat at
+        placeholders of the sequence, or there is none), so that later outputs stay aligned with that sequence.
+    """
+
+    key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    prepended: int = 0
+
+
+def _attach_image(cache: Cache | None, image: _CachedImage) -> None:
+    """Let `cache` (what the LLM just returned; `None` without `use_cache`) carry `image`, read by `_image_of`."""
+    if cache is None:
+        return
+    if image.prepended and not _image_of(cache).prepended:  # first time: cropping must count after the image
+        _crop_after_prepended_image(cache, image.prepended)
+    setattr(cache, _CACHE_IMAGE, image)
+
+
+def _image_of(cache: Cache | None) -> _CachedImage:
+    """The image `cache` carries (`_attach_image`); none for a cache this model did not return, or no cache."""
+    return getattr(cache, _CACHE_IMAGE, None) or _CachedImage()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -732,6 +917,10 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         return layers
 
     def _inject_fusion(self) -> None:
+        """Fuse the LLM layers `config.cross_attention_layers` names, under the LLM's own module names. joint: the
+        layer's self-attention becomes a `HiveJointAttention` holding the original projections. gated: the layer gets
+        a `cross_attn` block and `_gated_cross_attention_before_layer` as its forward pre-hook, which runs the block
+        on the hidden states first."""
         fusion = self.config.fusion
         if fusion == "concat":
             return
@@ -744,17 +933,12 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         layers = self._decoder_layers()
         for index, layer_idx in enumerate(self.config.cross_attention_layers):
             layer = layers[layer_idx]
-            missing = [n for n in ("self_attn", "input_layernorm") if not hasattr(layer, n)]
-            if missing or not all(hasattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
-                raise ValueError(
-                    f"LLM decoder layer {type(layer).__name__} is not Llama-shaped (self_attn with q/k/v/o_proj and "
-                    "input_layernorm); HIVE's joint and gated fusion need a Llama-family decoder."
-                )
+            _check_llama_shaped(layer)
             if fusion == "joint":
                 layer.self_attn = HiveJointAttention(layer.self_attn, index, self.config)
             else:
                 layer.cross_attn = HiveGatedCrossAttention(self.config.text_config, index)
-                layer.register_forward_pre_hook(_gated_cross_attention_hook, with_kwargs=True)
+                layer.register_forward_pre_hook(_gated_cross_attention_before_layer, with_kwargs=True)
 
     def _plan_image_kv(self) -> None:
         """Tensor parallelism shards the separate image k/v projections as their layer's own k/v: each process then
@@ -827,14 +1011,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         config = HiveConfig(vision_config=vision.config, text_config=llm.config, **config_kwargs)
         model = cls(config)
         model.vision_model.vision_tower.load_state_dict(vision.state_dict())
-        result = model.language_model.load_state_dict(llm.state_dict(), strict=False)
-        unexpected = list(result.unexpected_keys)
-        bad_missing = [k for k in result.missing_keys if not any(part in k for part in _FUSION_NAMES)]
-        if unexpected or bad_missing:
-            raise ValueError(
-                f"The LLM checkpoint {text_name_or_path!r} does not fit the HIVE language model: missing "
-                f"{bad_missing[:5]}, unexpected {unexpected[:5]}."
-            )
+        _load_llm_weights(model.language_model, llm, text_name_or_path)
         model.copy_image_kv_from_text()
         model.tie_weights()
         model.generation_config = copy.deepcopy(llm.generation_config)
@@ -845,13 +1022,13 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
     def _set_gradient_checkpointing(
         self, enable: bool = True, gradient_checkpointing_func: Any = checkpoint, **kwargs: Any
     ) -> None:
-        # joint/gated hand the image keys/values to the fused layers as keyword arguments; reentrant checkpointing
+        # joint/gated hand the image to the fused layers as a keyword argument (`hive_image`); reentrant checkpointing
         # recomputes a layer from its positional inputs only and would backpropagate through them twice.
         reentrant = getattr(gradient_checkpointing_func, "keywords", {}).get("use_reentrant")
         if enable and reentrant and self.config.fusion != "concat":
             raise ValueError(
                 f"fusion={self.config.fusion!r} needs non-reentrant gradient checkpointing: the image keys/values "
-                "reach the fused layers as keyword arguments, which reentrant checkpointing cannot recompute. Pass "
+                "reach the fused layers as a keyword argument, which reentrant checkpointing cannot recompute. Pass "
                 f'{CHECKPOINTING}_kwargs={{"use_reentrant": False}} (the default).'
             )
         super()._set_gradient_checkpointing(
@@ -982,26 +1159,33 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             )
         return rotary
 
-    def _text_placement(
-        self, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, cache: Cache | None,
-        batch: int, seq_len: int, num_image: int,
-    ) -> HiveTextPlacement | None:
-        """Joint fusion with `image_rope`: the fused layers' text positions, shifted past the image at
-        `config.image_position` (the other layers keep theirs), and which text tokens see the image."""
-        if self.config.fusion != "joint" or self.config.image_rope == "none":
-            return None
-        device = self.get_input_embeddings().weight.device
-        if position_ids is None:
-            past = cache.get_seq_length() if cache is not None else 0
-            position_ids = torch.arange(past, past + seq_len, device=device)[None]
-        position_ids = position_ids.expand(batch, -1)  # (B, T)
-        follows = position_ids >= self.config.image_position
-        shift = math.isqrt(num_image) if self.config.image_rope == "2d" else num_image
-        cos, sin = self._rotary_embedding()(self.get_input_embeddings().weight, position_ids + follows * shift)
-        sees_image = follows
-        if attention_mask is not None and attention_mask.dim() == 2:
-            sees_image = sees_image | ~attention_mask[:, -seq_len:].bool()
-        return HiveTextPlacement(cos=cos, sin=sin, sees_image=sees_image)
+    def _image_context(
+        self,
+        image_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: Cache | None,
+        record: bool,
+    ) -> HiveImageContext:
+        """What this forward hands the fused layers (see `HiveImageContext` for the path): the image keys/values, the
+        text's placement relative to the image (joint with `image_rope`), and the recorders `output_attentions`
+        (`record`) asks for."""
+        text_attentions = [] if record and self.config.fusion == "joint" else None
+        if image_key_values is None:
+            return HiveImageContext(text_attentions=text_attentions)
+        placement = None
+        if self.config.fusion == "joint" and self.config.image_rope != "none":
+            batch, seq_len = inputs_embeds.shape[:2]
+            if position_ids is None:  # no mask to count positions on: they continue the cache's
+                past = cache.get_seq_length() if cache is not None else 0
+                position_ids = torch.arange(past, past + seq_len, device=inputs_embeds.device)[None]
+            placement = text_placement(
+                self._rotary_embedding(), self.get_input_embeddings().weight, position_ids.expand(batch, -1),
+                attention_mask, image_key_values[0][0].shape[-2], self.config.image_position, self.config.image_rope,
+            )
+        return HiveImageContext(key_values=image_key_values, placement=placement,
+                                image_attentions=[] if record else None, text_attentions=text_attentions)
 
     @can_return_tuple
     def get_image_features(
@@ -1082,222 +1266,122 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*, keyword only):
             Labels already shifted left (sequence/context parallelism); used instead of shifting `labels`.
         """
-        if past_key_values is not None:
-            _warn_legacy_cache_name(type(self).__name__)
-        cache = _pop_cache(cache, kwargs, past_key_values)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        if pixel_values is not None and image_key_values is not None:
-            raise ValueError("Pass either `pixel_values` or `image_key_values`, not both.")
-        text_batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-        if pixel_values is not None and pixel_values.shape[0] != text_batch:
-            raise ValueError(
-                f"Got {pixel_values.shape[0]} images (`pixel_values`) for {text_batch} text sequences; HIVE takes "
-                "exactly one image per sequence."
-            )
-        flags = {
+        cache = _model_cache_argument(type(self).__name__, cache, past_key_values)
+        _check_forward_inputs(input_ids, inputs_embeds, pixel_values, image_key_values)
+        targets = _LossTargets(labels, kwargs.pop("shift_labels", None), kwargs.pop("num_items_in_batch", None))
+        # what goes to the LLM as it is: the output flags (`None` falls back to the config) and the caller's extras
+        llm_kwargs = {
+            "use_cache": use_cache,
+            "logits_to_keep": logits_to_keep,
             "output_attentions": self.config.output_attentions if output_attentions is None else output_attentions,
             "output_hidden_states": (
                 self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
             ),
+            **kwargs,
         }
-        loss_kwargs = {"num_items_in_batch": kwargs.pop("num_items_in_batch", None),
-                       "shift_labels": kwargs.pop("shift_labels", None)}
         image_outputs = None
         if pixel_values is not None:  # the tower's hidden states / attentions only when asked: they run every block
             image_outputs = self.get_image_features(
-                pixel_values, output_hidden_states=flags["output_hidden_states"] is True,
-                output_attentions=bool(flags["output_attentions"]), return_dict=True,
+                pixel_values, output_hidden_states=llm_kwargs["output_hidden_states"] is True,
+                output_attentions=bool(llm_kwargs["output_attentions"]), return_dict=True,
             )
+        text = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
+                "position_ids": position_ids}
         if self.config.fusion == "concat":
-            return self._forward_concat(
-                input_ids=input_ids, image_outputs=image_outputs, attention_mask=attention_mask,
-                position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds, labels=labels,
-                use_cache=use_cache, logits_to_keep=logits_to_keep, loss_kwargs=loss_kwargs, **flags, **kwargs,
-            )
+            return self._forward_concat(**text, image_outputs=image_outputs, cache=cache, targets=targets,
+                                        llm_kwargs=llm_kwargs)
+        return self._forward_fused(**text, image_outputs=image_outputs, image_key_values=image_key_values, cache=cache,
+                                   targets=targets, llm_kwargs=llm_kwargs)
 
+    def _forward_fused(
+        self,
+        *,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        image_outputs: BaseModelOutputWithPooling | None,
+        image_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None,
+        cache: Cache | None,
+        targets: _LossTargets,
+        llm_kwargs: dict[str, Any],
+    ) -> HiveCausalLMOutputWithPast:
+        """joint/gated: the image reaches the fused layers as keys/values (a `HiveImageContext`), never as tokens of
+        the sequence, so every output is aligned with the caller's sequence as it is."""
+        # 1. image keys/values: of this forward's images, the caller's, or those the caller's cache carries
         if image_outputs is not None:
             image_key_values = self._image_key_values(image_outputs.pooler_output)
-        elif image_key_values is None and cache is not None:  # continuing from a cache this model returned
-            image_key_values = getattr(cache, _CACHE_IMAGE_KEY_VALUES, None)
-        record = flags["output_attentions"]
-        image_attentions = [] if record and image_key_values is not None else None
-        text_attentions = [] if record and self.config.fusion == "joint" else None
-        kwargs.update(hive_text_attentions=text_attentions)
-        seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        position_ids = _position_ids(attention_mask, position_ids, seq_len)
-        if image_key_values is not None:
-            num_image = image_key_values[0][0].shape[-2]
-            placement = self._text_placement(attention_mask, position_ids, cache, text_batch, seq_len, num_image)
-            kwargs.update(hive_image_kv=image_key_values, hive_attentions=image_attentions,
-                          hive_text_placement=placement)
-        kwargs[CACHE_NAME] = cache
+        elif image_key_values is None:
+            image_key_values = _image_of(cache).key_values
+        # 2. the text
         if inputs_embeds is None:  # ours, so that `hidden_states[0]` is the very tensor the LLM computes from
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
-        out = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            return_dict=True,
-            **flags,
-            **kwargs,
-        )
-        out_cache = getattr(out, CACHE_NAME)
-        if out_cache is not None and image_key_values is not None:
-            setattr(out_cache, _CACHE_IMAGE_KEY_VALUES, image_key_values)  # the image travels with the cache
-        loss = None
-        if labels is not None or loss_kwargs["shift_labels"] is not None:
-            loss = ForCausalLMLoss(out.logits, labels, self.config.text_config.vocab_size, **loss_kwargs)
-        hidden_states = out.hidden_states
-        fused_first = self.config.fusion == "gated" and 0 in self.config.cross_attention_layers
-        if fused_first and image_key_values is not None and hidden_states and hidden_states[0] is not None:
-            # the LLM records layer 0's input after the pre-hook added the cross-attention; the first hidden state is
-            # the embeddings, as in every LM
-            hidden_states = (inputs_embeds, *hidden_states[1:])
-        attentions = out.attentions
-        # the fused layers' own (text) attentions, which the LLM does not record, in layer order, when the LLM recorded
-        # its other layers' (an sdpa LLM computes no weights)
-        recorded = len(attentions or ()) + len(text_attentions or ())
-        if text_attentions and recorded == self.config.text_config.num_hidden_layers:
-            attentions = _merge_layer_outputs(attentions or (), text_attentions, self.config.cross_attention_layers)
+        position_ids = _position_ids(attention_mask, position_ids, inputs_embeds.shape[1])
+        # 3. what the fused layers receive: the image keys/values, the text's placement, the attention recorders
+        image = self._image_context(image_key_values, inputs_embeds, attention_mask, position_ids, cache,
+                                    record=bool(llm_kwargs["output_attentions"]))
+        # 4. the LLM, the image travelling under one keyword to its fused layers
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                  hive_image=image, return_dict=True, **_cache_kwargs(cache), **llm_kwargs)
+        # 5. outputs
+        if image.key_values is not None:
+            _attach_image(_cache_of(out), _CachedImage(key_values=image.key_values))
         return HiveCausalLMOutputWithPast(
-            loss=loss,
+            loss=targets.loss(out.logits, self.config.text_config.vocab_size),
             logits=out.logits,
-            hidden_states=hidden_states,
-            attentions=attentions,
-            image_attentions=tuple(image_attentions) if image_attentions is not None else None,
-            image_key_values=image_key_values,
+            hidden_states=_embeddings_first(out.hidden_states, inputs_embeds, self.config, image),
+            attentions=_with_fused_layer_attentions(out.attentions, image.text_attentions, self.config),
+            image_attentions=tuple(image.image_attentions) if image.image_attentions is not None else None,
+            image_key_values=image.key_values,
             image_outputs=image_outputs,
-            **{CACHE_NAME: out_cache},
+            **_cache_kwargs(_cache_of(out)),
         )
 
     def _forward_concat(
         self,
         *,
         input_ids: torch.LongTensor | None,
-        image_outputs: BaseModelOutputWithPooling | None,
+        inputs_embeds: torch.FloatTensor | None,
         attention_mask: torch.Tensor | None,
         position_ids: torch.LongTensor | None,
+        image_outputs: BaseModelOutputWithPooling | None,
         cache: Cache | None,
-        inputs_embeds: torch.FloatTensor | None,
-        labels: torch.LongTensor | None,
-        use_cache: bool | None,
-        output_attentions: bool,
-        output_hidden_states: bool | list[int],
-        logits_to_keep: int | torch.Tensor,
-        loss_kwargs: dict[str, Any],
-        **kwargs: Any,
+        targets: _LossTargets,
+        llm_kwargs: dict[str, Any],
     ) -> HiveCausalLMOutputWithPast:
         """SA baseline: vision tokens at the image placeholder positions, or prepended when there are none.
 
         Prepended image tokens are not in the caller's sequence, so no output covers them: logits, hidden states and
         attentions are aligned with `input_ids` (attentions over its positions as keys; the weights on the image
         tokens are `image_attentions`), at the prefill and at every later step from the returned cache."""
+        # 1. embed the text; placeholders embed as token 0 until the image replaces them, and never count in the loss
         image_token_id = self.config.resolved_image_token_id
         is_image = input_ids == image_token_id if input_ids is not None else None
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(is_image, 0))  # (B, T, D)
-        batch, seq_len = inputs_embeds.shape[:2]
-        shift_labels = loss_kwargs["shift_labels"]
-        if is_image is not None:  # image positions never count in the loss, nor do predictions of them
-            if labels is not None:
-                labels = labels.masked_fill(is_image, -100)
-            if shift_labels is not None:
-                next_is_image = torch.cat([is_image[:, 1:], is_image.new_zeros(batch, 1)], dim=1)
-                shift_labels = shift_labels.masked_fill(next_is_image, -100)
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=inputs_embeds.device)
-
-        prepended = 0
-        image_positions = None
-        if image_outputs is not None:
-            image_embeds = image_outputs.pooler_output  # (B, N, D)
-            num_image = image_embeds.shape[1]
-            found = int(is_image.sum()) if is_image is not None else 0
-            if found == 0:
-                prepended = num_image
-                inputs_embeds = torch.cat([image_embeds, inputs_embeds], dim=1)
-                attention_mask = torch.cat([attention_mask.new_ones(batch, num_image), attention_mask], dim=1)
-                position_ids = None  # recounted below over image + text
-            elif found != batch * num_image:
-                raise ValueError(
-                    f"input_ids hold {found} image placeholder tokens (id {image_token_id}) but the images give "
-                    f"{batch} x {num_image} = {batch * num_image} vision tokens; put {num_image} placeholders per "
-                    "sequence (HiveProcessor does) or none to have them prepended."
-                )
-            else:
-                inputs_embeds = inputs_embeds.masked_scatter(is_image[..., None], image_embeds)
-                image_positions = is_image.nonzero()[:, 1].view(batch, num_image)
-        else:
-            # Decoding after a prefill that prepended the image: the cache holds image positions the 2-D mask lacks.
-            past = cache.get_seq_length() if cache is not None else 0
-            if attention_mask.shape[1] < past + seq_len:
-                pad = past + seq_len - attention_mask.shape[1]
-                attention_mask = torch.cat([attention_mask.new_ones(batch, pad), attention_mask], dim=1)
-                position_ids = None
-
-        # image positions before the caller's sequence: prepended now, or held by the cache from a prepending prefill
-        hidden_prefix = prepended or (getattr(cache, _CACHE_PREPENDED_IMAGE, 0) if cache is not None else 0)
-        weights_available = self.config.text_config._attn_implementation == "eager"
-        if output_attentions and not weights_available:
-            logger.warning_once(
-                "fusion='concat' reads image attention from the LLM's own attention weights, which only "
-                "attn_implementation='eager' returns; `image_attentions` is None. Load the model with "
-                "attn_implementation='eager' to get them."
-            )
-        kwargs[CACHE_NAME] = cache
-        out = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=_position_ids(attention_mask, position_ids, inputs_embeds.shape[1]),
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            logits_to_keep=logits_to_keep,
-            return_dict=True,
-            **kwargs,
-        )
-        logits = out.logits
-        loss = None
-        if labels is not None or shift_labels is not None:
-            if prepended:  # the last image token predicts the first text token, as with placeholders
-                pad = (batch, prepended)
-                labels = torch.cat([labels.new_full(pad, -100), labels], dim=1) if labels is not None else None
-                if shift_labels is not None:  # the first text token's label is not in shift_labels: not scored
-                    shift_labels = torch.cat([shift_labels.new_full(pad, -100), shift_labels], dim=1)
-            loss = ForCausalLMLoss(logits, labels, self.config.text_config.vocab_size,
-                                   num_items_in_batch=loss_kwargs["num_items_in_batch"], shift_labels=shift_labels)
-        if prepended and logits.shape[1] == inputs_embeds.shape[1]:
-            logits = logits[:, prepended:]  # aligned with input_ids
-        out_cache = getattr(out, CACHE_NAME)
-        if out_cache is not None and hidden_prefix:
-            if prepended and not getattr(out_cache, _CACHE_PREPENDED_IMAGE, 0):
-                _crop_after_prepended_image(out_cache, prepended)
-            setattr(out_cache, _CACHE_PREPENDED_IMAGE, hidden_prefix)
-        hidden_states = out.hidden_states
-        if prepended and hidden_states:
-            hidden_states = tuple(h[:, prepended:] if h is not None else None for h in hidden_states)
-
+        targets = targets.without_image(is_image)
+        # 2. place or prepend the image tokens
+        sequence = _ConcatSequence.build(inputs_embeds, attention_mask, position_ids, is_image, image_outputs, cache,
+                                         image_token_id)
+        weights_available = _concat_image_attentions_available(self.config, llm_kwargs["output_attentions"])
+        # 3. the LLM
+        out = self.language_model(inputs_embeds=sequence.inputs_embeds, attention_mask=sequence.attention_mask,
+                                  position_ids=sequence.position_ids, return_dict=True, **_cache_kwargs(cache),
+                                  **llm_kwargs)
+        # 4. outputs aligned with the caller's sequence
+        if sequence.image_prefix:
+            _attach_image(_cache_of(out), _CachedImage(prepended=sequence.image_prefix))
         attentions, image_attentions = out.attentions, None
-        if output_attentions and weights_available and attentions:
-            if hidden_prefix:  # (B, H, T, prefix + S): the image keys first, then the caller's
-                image_attentions = tuple(a[:, :, prepended:, :hidden_prefix] for a in attentions)
-                attentions = tuple(a[:, :, prepended:, hidden_prefix:] for a in attentions)
-            elif image_positions is not None:
-                index = image_positions[:, None, None, :]  # (B, 1, 1, N)
-                image_attentions = tuple(
-                    a.gather(-1, index.expand(*a.shape[:3], index.shape[-1])) for a in attentions
-                )
+        if llm_kwargs["output_attentions"] and weights_available and attentions:
+            attentions, image_attentions = sequence.split_attentions(attentions)
         return HiveCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            hidden_states=hidden_states,
+            loss=targets.after_prepended(sequence.prepended).loss(out.logits, self.config.text_config.vocab_size),
+            logits=sequence.caller_positions(out.logits),
+            hidden_states=sequence.caller_hidden_states(out.hidden_states),
             attentions=attentions,
             image_attentions=image_attentions,
             image_outputs=image_outputs,
-            **{CACHE_NAME: out_cache},
+            **_cache_kwargs(_cache_of(out)),
         )
 
     # -- generation ----------------------------------------------------------------------------------------------
@@ -1310,6 +1394,269 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if not is_first_iteration and kwargs.get("use_cache", True):
             model_inputs.pop("pixel_values", None)
         return model_inputs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What `HiveForConditionalGeneration.forward` calls: input checks, loss targets, output alignment
+# ---------------------------------------------------------------------------------------------------------------------
+def _check_forward_inputs(
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    pixel_values: torch.Tensor | None,
+    image_key_values: tuple | None,
+) -> None:
+    """Raise on inputs `HiveForConditionalGeneration.forward` cannot take together, naming them and the counts."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+    if pixel_values is not None and image_key_values is not None:
+        raise ValueError("Pass either `pixel_values` or `image_key_values`, not both.")
+    text_batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+    if pixel_values is not None and pixel_values.shape[0] != text_batch:
+        raise ValueError(
+            f"Got {pixel_values.shape[0]} images (`pixel_values`) for {text_batch} text sequences; HIVE takes "
+            "exactly one image per sequence."
+        )
+
+
+@dataclass
+class _LossTargets:
+    """What the next-token loss scores the logits against, as `ForCausalLMLoss` takes it.
+
+    labels: `(batch_size, sequence_length)`, aligned with the input (the loss shifts them).
+    shift_labels: the same already shifted left (sequence/context parallelism), used instead of shifting `labels`.
+    num_items_in_batch: the Trainer's token count across gradient-accumulation steps.
+    """
+
+    labels: torch.LongTensor | None
+    shift_labels: torch.LongTensor | None = None
+    num_items_in_batch: torch.Tensor | int | None = None
+
+    def loss(self, logits: torch.Tensor, vocab_size: int) -> torch.Tensor | None:
+        if self.labels is None and self.shift_labels is None:
+            return None
+        return ForCausalLMLoss(logits, self.labels, vocab_size, num_items_in_batch=self.num_items_in_batch,
+                               shift_labels=self.shift_labels)
+
+    def without_image(self, is_image: torch.Tensor | None) -> _LossTargets:
+        """concat: image positions (`is_image`, `(B, T)`) never count in the loss, nor do predictions of them."""
+        if is_image is None:
+            return self
+        labels, shift_labels = self.labels, self.shift_labels
+        if labels is not None:
+            labels = labels.masked_fill(is_image, -100)
+        if shift_labels is not None:
+            next_is_image = torch.cat([is_image[:, 1:], is_image.new_zeros(is_image.shape[0], 1)], dim=1)
+            shift_labels = shift_labels.masked_fill(next_is_image, -100)
+        return dataclasses.replace(self, labels=labels, shift_labels=shift_labels)
+
+    def after_prepended(self, prepended: int) -> _LossTargets:
+        """concat: the targets of the sequence with `prepended` image tokens before it, which score nothing. The last
+        image token predicts the first text token, as with placeholders (a label `shift_labels` does not hold: not
+        scored there)."""
+        if not prepended:
+            return self
+
+        def pad(labels: torch.Tensor | None) -> torch.Tensor | None:
+            if labels is None:
+                return None
+            return torch.cat([labels.new_full((labels.shape[0], prepended), -100), labels], dim=1)  # (B, N + T)
+
+        return dataclasses.replace(self, labels=pad(self.labels), shift_labels=pad(self.shift_labels))
+
+
+def _embeddings_first(
+    hidden_states: tuple[torch.Tensor | None, ...] | None,
+    inputs_embeds: torch.Tensor,
+    config: HiveConfig,
+    image: HiveImageContext,
+) -> tuple[torch.Tensor | None, ...] | None:
+    """The LLM's hidden states with the embeddings first, as in every LM: in gated fusion with layer 0 fused, the
+    LLM records layer 0's input after the pre-hook added the cross-attention to it."""
+    fused_first = config.fusion == "gated" and 0 in config.cross_attention_layers
+    if fused_first and image.key_values is not None and hidden_states and hidden_states[0] is not None:
+        return (inputs_embeds, *hidden_states[1:])
+    return hidden_states
+
+
+def _with_fused_layer_attentions(
+    llm_attentions: tuple[torch.Tensor, ...] | None,
+    fused_attentions: list[torch.Tensor | None] | None,
+    config: HiveConfig,
+) -> tuple[torch.Tensor | None, ...] | None:
+    """One attention entry per LLM layer: the LLM records only the attention modules it owns, so joint's fused
+    layers' own (text) attentions join in layer order, when the LLM recorded its other layers' (an sdpa LLM computes
+    no weights)."""
+    recorded = len(llm_attentions or ()) + len(fused_attentions or ())
+    if fused_attentions and recorded == config.text_config.num_hidden_layers:
+        return _merge_layer_outputs(llm_attentions or (), fused_attentions, config.cross_attention_layers)
+    return llm_attentions
+
+
+def _concat_image_attentions_available(config: HiveConfig, output_attentions: bool | None) -> bool:
+    """Whether the LLM returns the attention weights concat reads `image_attentions` from (only `eager` does);
+    warns once when they are asked for and it does not."""
+    available = config.text_config._attn_implementation == "eager"
+    if output_attentions and not available:
+        logger.warning_once(
+            "fusion='concat' reads image attention from the LLM's own attention weights, which only "
+            "attn_implementation='eager' returns; `image_attentions` is None. Load the model with "
+            "attn_implementation='eager' to get them."
+        )
+    return available
+
+
+@dataclass
+class _ConcatSequence:
+    """What the LLM computes from in concat fusion, and how its outputs map back onto the caller's sequence.
+
+    inputs_embeds: `(batch_size, prepended + sequence_length, hidden_size)`, the caller's embeddings with the image
+        tokens at their placeholders or before them.
+    attention_mask: 2-D, `(batch_size, past + prepended + sequence_length)`, covering any image the cache holds.
+    position_ids: `(batch_size, prepended + sequence_length)`, skipping padding (or the caller's, when it gave some
+        and the image did not move the text).
+    prepended: image tokens this forward put before the caller's sequence (0: at placeholders, or no image).
+    image_prefix: image positions before the caller's sequence, in the cache and in this forward: `prepended`, or
+        those a cache from a prepending prefill holds.
+    image_positions: `(batch_size, num_image_tokens)`, where the image tokens sit when at placeholders.
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor | None
+    prepended: int = 0
+    image_prefix: int = 0
+    image_positions: torch.Tensor | None = None
+
+    @classmethod
+    def build(
+        cls,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        is_image: torch.Tensor | None,
+        image_outputs: BaseModelOutputWithPooling | None,
+        cache: Cache | None,
+        image_token_id: int,
+    ) -> _ConcatSequence:
+        """The image tokens of `image_outputs` at the placeholders `is_image` marks, or prepended when there are
+        none; without an image, a mask that covers the image positions a cache from a prepending prefill holds."""
+        batch, seq_len = inputs_embeds.shape[:2]
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=inputs_embeds.device)
+        prepended, image_positions = 0, None
+        if image_outputs is None:  # the cache may hold image positions the caller's 2-D mask lacks
+            past = cache.get_seq_length() if cache is not None else 0
+            if attention_mask.shape[1] < past + seq_len:
+                pad = past + seq_len - attention_mask.shape[1]
+                attention_mask = torch.cat([attention_mask.new_ones(batch, pad), attention_mask], dim=1)
+                position_ids = None  # recounted below over the whole mask
+        else:
+            image_embeds = image_outputs.pooler_output  # (B, N, D)
+            num_image = image_embeds.shape[1]
+            found = int(is_image.sum()) if is_image is not None else 0
+            if found == 0:
+                prepended = num_image
+                inputs_embeds = torch.cat([image_embeds, inputs_embeds], dim=1)  # (B, N + T, D)
+                attention_mask = torch.cat([attention_mask.new_ones(batch, num_image), attention_mask], dim=1)
+                position_ids = None  # recounted below over image + text
+            elif found != batch * num_image:
+                raise ValueError(
+                    f"input_ids hold {found} image placeholder tokens (id {image_token_id}) but the images give "
+                    f"{batch} x {num_image} = {batch * num_image} vision tokens; put {num_image} placeholders per "
+                    "sequence (HiveProcessor does) or none to have them prepended."
+                )
+            else:
+                inputs_embeds = inputs_embeds.masked_scatter(is_image[..., None], image_embeds)
+                image_positions = is_image.nonzero()[:, 1].view(batch, num_image)  # (B, N)
+        position_ids = _position_ids(attention_mask, position_ids, inputs_embeds.shape[1])
+        return cls(inputs_embeds, attention_mask, position_ids, prepended, prepended or _image_of(cache).prepended,
+                   image_positions)
+
+    def caller_positions(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` `(B, L, V)` without the prepended image positions (when the LLM computed every position's; with
+        `logits_to_keep` they are the caller's last positions already)."""
+        if self.prepended and logits.shape[1] == self.inputs_embeds.shape[1]:
+            return logits[:, self.prepended:]
+        return logits
+
+    def caller_hidden_states(
+        self, hidden_states: tuple[torch.Tensor | None, ...] | None
+    ) -> tuple[torch.Tensor | None, ...] | None:
+        if self.prepended and hidden_states:
+            return tuple(h[:, self.prepended:] if h is not None else None for h in hidden_states)
+        return hidden_states
+
+    def split_attentions(
+        self, attentions: tuple[torch.Tensor, ...]
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+        """The LLM's weights per layer, `(B, H, prepended + T, S)`, as (the caller's queries over the caller's keys,
+        the same queries over the image tokens)."""
+        if self.image_prefix:  # (B, H, T, prefix + S): the image keys first, then the caller's
+            return (tuple(a[:, :, self.prepended:, self.image_prefix:] for a in attentions),
+                    tuple(a[:, :, self.prepended:, : self.image_prefix] for a in attentions))
+        if self.image_positions is not None:
+            index = self.image_positions[:, None, None, :]  # (B, 1, 1, N)
+            return attentions, tuple(a.gather(-1, index.expand(*a.shape[:3], index.shape[-1])) for a in attentions)
+        return attentions, None
+
+
+def _merge_layer_outputs(
+    llm_outputs: tuple[torch.Tensor, ...], fused_outputs: list[torch.Tensor | None], fused_layers: list[int]
+) -> tuple[torch.Tensor | None, ...]:
+    """One entry per LLM layer: the fused layers' (`fused_layers`, in order) from `fused_outputs`, the others' from
+    `llm_outputs` in order (the LLM records only the attention modules it owns)."""
+    llm, fused = iter(llm_outputs), iter(fused_outputs)
+    total = len(llm_outputs) + len(fused_outputs)
+    return tuple(next(fused) if i in fused_layers else next(llm) for i in range(total))
+
+
+def _select_hidden_states(
+    hidden_states: tuple[torch.Tensor, ...], selection: bool | int | list[int] | None
+) -> tuple[torch.Tensor | None, ...] | None:
+    """`hidden_states` as `output_hidden_states` asks: all (True), none (False/None), or only the listed indices (the
+    others `None`, negative indices counted from the end), as transformers 5.x captures a list of layers."""
+    if selection is None or selection is False:
+        return None
+    if selection is True:
+        return tuple(hidden_states)
+    wanted = {i % len(hidden_states) for i in ([selection] if isinstance(selection, int) else selection)
+              if -len(hidden_states) <= i < len(hidden_states)}
+    return tuple(h if i in wanted else None for i, h in enumerate(hidden_states))
+
+
+def _position_ids(attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    """Positions that skip padding, so a padded sequence is computed as it would be alone."""
+    if position_ids is not None or attention_mask is None or attention_mask.dim() != 2:
+        return position_ids
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, past + T)
+    return positions[:, -seq_len:]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building the model: the LLM it fuses into, loaded and checked
+# ---------------------------------------------------------------------------------------------------------------------
+def _check_llama_shaped(layer: nn.Module) -> None:
+    """Raise unless the LLM decoder `layer` has what joint and gated fusion use: `self_attn` with q/k/v/o
+    projections, and `input_layernorm`."""
+    missing = [n for n in ("self_attn", "input_layernorm") if not hasattr(layer, n)]
+    if missing or not all(hasattr(layer.self_attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        raise ValueError(
+            f"LLM decoder layer {type(layer).__name__} is not Llama-shaped (self_attn with q/k/v/o_proj and "
+            "input_layernorm); HIVE's joint and gated fusion need a Llama-family decoder."
+        )
+
+
+def _load_llm_weights(language_model: nn.Module, llm: nn.Module, path: str) -> None:
+    """Copy the pretrained causal LM `llm` (from `path`) into HIVE's language model, which may only lack HIVE's own
+    fusion weights; raise naming the keys otherwise."""
+    result = language_model.load_state_dict(llm.state_dict(), strict=False)
+    unexpected = list(result.unexpected_keys)
+    bad_missing = [k for k in result.missing_keys if not any(part in k for part in _FUSION_NAMES)]
+    if unexpected or bad_missing:
+        raise ValueError(
+            f"The LLM checkpoint {path!r} does not fit the HIVE language model: missing {bad_missing[:5]}, "
+            f"unexpected {unexpected[:5]}."
+        )
 
 
 def causal_lm_config_as(path: str, model_type: str, **kwargs: Any) -> tuple[PreTrainedConfig, str | None]:
@@ -1344,38 +1691,6 @@ def _load_causal_lm_as(path: str, model_type: str, kwargs: dict[str, Any]) -> Pr
         )
     logger.info(f"Loaded {path!r} (model_type {source_type!r}) as {type(llm).__name__}")
     return llm
-
-
-def _merge_layer_outputs(
-    llm_outputs: tuple[torch.Tensor, ...], fused_outputs: list[torch.Tensor | None], fused_layers: list[int]
-) -> tuple[torch.Tensor | None, ...]:
-    """One entry per LLM layer: the fused layers' (`fused_layers`, in order) from `fused_outputs`, the others' from
-    `llm_outputs` in order (the LLM records only the attention modules it owns)."""
-    llm, fused = iter(llm_outputs), iter(fused_outputs)
-    total = len(llm_outputs) + len(fused_outputs)
-    return tuple(next(fused) if i in fused_layers else next(llm) for i in range(total))
-
-
-def _select_hidden_states(
-    hidden_states: tuple[torch.Tensor, ...], selection: bool | int | list[int] | None
-) -> tuple[torch.Tensor | None, ...] | None:
-    """`hidden_states` as `output_hidden_states` asks: all (True), none (False/None), or only the listed indices (the
-    others `None`, negative indices counted from the end), as transformers 5.x captures a list of layers."""
-    if selection is None or selection is False:
-        return None
-    if selection is True:
-        return tuple(hidden_states)
-    wanted = {i % len(hidden_states) for i in ([selection] if isinstance(selection, int) else selection)
-              if -len(hidden_states) <= i < len(hidden_states)}
-    return tuple(h if i in wanted else None for i, h in enumerate(hidden_states))
-
-
-def _position_ids(attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
-    """Positions that skip padding, so a padded sequence is computed as it would be alone."""
-    if position_ids is not None or attention_mask is None or attention_mask.dim() != 2:
-        return position_ids
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, past + T)
-    return positions[:, -seq_len:]
 
 
 __all__ = ["HivePreTrainedModel", "HiveVisionEncoderModel", "HiveForConditionalGeneration", "load_vision_tower"]

@@ -15,7 +15,14 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from hive_hf import HiveConfig, HiveForConditionalGeneration, HiveVisionEncoderModel
-from hive_hf.modeling_hive import CHECKPOINTING, HiveGatedCrossAttention, HiveJointAttention, _attend
+from hive_hf.modeling_hive import (
+    CHECKPOINTING,
+    HiveGatedCrossAttention,
+    HiveImageContext,
+    HiveJointAttention,
+    HiveTextPlacement,
+    _attend,
+)
 
 torch.set_grad_enabled(True)
 ATOL = 1e-5
@@ -353,6 +360,37 @@ def test_gradient_checkpointing_gives_the_same_gradients(fusion):
         torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+# -- how the image reaches the fused layers ---------------------------------------------------------------------------
+@pytest.mark.parametrize("fusion", ["joint", "gated"])
+def test_one_image_context_reaches_every_decoder_layer(fusion):
+    """forward hands the LLM one HiveImageContext under `hive_image`; every decoder layer receives that object, whose
+    image keys/values are the ones the output returns and in which each fused layer records its image attention."""
+    model = tiny_model(fusion=fusion)
+    received = []
+    for layer in model.language_model.model.layers:
+        layer.register_forward_pre_hook(lambda m, a, kw: received.append(kw.get("hive_image")), with_kwargs=True)
+    out = model(**tiny_inputs(model.config), output_attentions=True)
+    assert len(received) == model.config.text_config.num_hidden_layers
+    image = received[0]
+    assert isinstance(image, HiveImageContext) and all(r is image for r in received)
+    assert image.key_values is out.image_key_values
+    assert len(image.image_attentions) == len(out.image_attentions) == len(model.config.cross_attention_layers)
+
+
+def test_the_image_context_moves_to_a_device_as_accelerate_moves_layer_inputs():
+    """With the LLM split across devices, accelerate moves each layer's inputs by calling `.to`: the image goes to
+    the layer's device, the recorders stay shared."""
+    send_to_device = pytest.importorskip("accelerate.utils").send_to_device
+    key_values = ((torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)),)
+    placement = HiveTextPlacement(torch.randn(1, 3, 8), torch.randn(1, 3, 8), torch.ones(1, 3, dtype=torch.bool))
+    image = HiveImageContext(key_values=key_values, placement=placement, image_attentions=[], text_attentions=[])
+    moved = send_to_device({"hive_image": image}, "meta")["hive_image"]
+    assert all(t.is_meta for t in (*moved.key_values[0], moved.placement.cos, moved.placement.sees_image))
+    assert moved.placement.sees_image.dtype == torch.bool
+    assert moved.image_attentions is image.image_attentions and moved.text_attentions is image.text_attentions
+    assert not image.key_values[0][0].is_meta
+
+
 # -- generation ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_generate_with_and_without_cache_is_identical(variant):
@@ -537,7 +575,7 @@ def test_image_rope_shifts_the_fused_layers_text_positions_only():
     for layer in model.language_model.model.layers:
         layer.self_attn.register_forward_pre_hook(lambda m, a, kw: captured.append(kw), with_kwargs=True)
     model(**tiny_inputs(model.config, batch=1, seq=4))
-    placement = captured[1]["hive_text_placement"]
+    placement = captured[1]["hive_image"].placement
     rotary = model.language_model.model.rotary_emb
     weight = model.get_input_embeddings().weight
     expected = rotary(weight, torch.tensor([[0, 1 + 4, 2 + 4, 3 + 4]]))  # sqrt(16) = 4
@@ -550,7 +588,7 @@ def test_image_rope_shifts_the_fused_layers_text_positions_only():
     captured.clear()
     model(**tiny_inputs(model.config, batch=1, seq=4))
     expected = rotary(weight, torch.tensor([[0, 1 + n, 2 + n, 3 + n]]))
-    torch.testing.assert_close(captured[1]["hive_text_placement"].cos, expected[0])
+    torch.testing.assert_close(captured[1]["hive_image"].placement.cos, expected[0])
 
 
 def test_ln_mlp_projector_is_the_authors():
