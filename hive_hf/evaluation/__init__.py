@@ -4,7 +4,6 @@
 - :mod:`.vlm`, :mod:`.vqa_data`: LLaVA-style VLM fine-tuning on the encoder and VQA benchmarks, the paper's Table 2.
 """
 
-from .augment import ProbeAugmentation
 from .probe import (
     LAST_HIDDEN_STATE,
     POOLINGS,
@@ -14,6 +13,7 @@ from .probe import (
     SYNTHETIC_DATASET,
     AttentiveProbeHead,
     LinearProbeHead,
+    ProbeAugmentation,
     ProbeRecipe,
     ProbeSettings,
     default_feature_layer,
