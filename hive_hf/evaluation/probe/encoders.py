@@ -8,6 +8,8 @@ checkpoint (the last layer pre-training shaped; the authors' SigLIP-L taps end a
 ``feature_layer="last_hidden_state"`` reads the tower's output instead (after the last block and, for SigLIP, its
 post-LayerNorm; CLIP's class token kept), which HIVE never trains when its deepest tap is not the last block.
 ``pooling="pooler"`` reads SigLIP's pooling head, which HIVE never trains at all.
+
+Whether a tower has a class token comes from :func:`hive_hf.configuration_hive.vision_token_layout`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 
 from ...compat import AutoImageProcessor
-from ...configuration_hive import HiveConfig
+from ...configuration_hive import HiveConfig, vision_token_layout
 from ...modeling_hive import load_vision_tower
 from .settings import LAST_HIDDEN_STATE, STOCK_FEATURE_LAYER
 
@@ -123,13 +125,18 @@ def _hidden_state(
 
 
 def _patch_tokens(model: PreTrainedModel, tokens: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Patch tokens only: a tower that adds one token (CLIP's class token, first) loses it."""
+    """`tokens` `(B, N, D)` without the class token of towers that have one (CLIP's, first), as
+    `vision_token_layout` says; the rest must be exactly the patches of `pixel_values`."""
+    class_tokens = vision_token_layout(model.config).class_tokens
     patch = model.config.patch_size
-    extra = tokens.shape[1] - (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
-    if extra not in (0, 1):
-        raise ValueError(f"{type(model).__name__} outputs {extra} tokens besides its patches; the probe "
-                         "knows towers with none (SigLIP) or one class token (CLIP).")
-    return tokens[:, extra:]
+    rows, cols = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
+    if tokens.shape[1] != class_tokens + rows * cols:
+        raise ValueError(
+            f"{type(model).__name__} ({model.config.model_type!r}) outputs {tokens.shape[1]} tokens for {rows}x{cols} "
+            f"patches and {class_tokens} class tokens; `hive_hf.configuration_hive.vision_token_layout` does not "
+            "know this tower's token layout."
+        )
+    return tokens[:, class_tokens:]
 
 
 class _FrozenEncoder:
