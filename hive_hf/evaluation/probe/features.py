@@ -114,6 +114,7 @@ def _cached_features(
 
 
 def _fingerprint_model(model: PreTrainedModel) -> str:
+    """A hash of the model's config and weights: the default identity of an encoder in the feature cache."""
     digest = hashlib.blake2b(model.config.to_json_string().encode(), digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -166,6 +167,7 @@ def _cached_sources(
     cache_key: dict[str, Any] | None,
     encoder_name: str,
 ) -> _FeatureSources:
+    """Every split's features from `feature_cache_dir`, computed and saved first when no identical run saved them."""
     if cache_key is None:
         cache_key = {"encoder": _fingerprint_model(encoder.model)}
     sources: dict[str, _FeatureSource] = {}
