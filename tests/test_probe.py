@@ -46,6 +46,9 @@ from hive_hf.evaluation import (
     summarize_seeds,
 )
 from hive_hf.evaluation import probe as probe_module
+from hive_hf.evaluation.probe import encoders as probe_encoders
+from hive_hf.evaluation.probe import features as probe_features
+from hive_hf.evaluation.probe import heads as probe_heads
 from hive_hf.tiny_backbones import build_word_tokenizer, write_tiny_backbones
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,21 +151,21 @@ def test_features_are_a_blocks_raw_output_without_post_norm_or_class_token(encod
     blocks = model.config.num_hidden_layers
     first = 1 if kind == "clip_two_tower" else 0  # CLIP's class token comes first and is dropped
     for layer in [*range(blocks + 1), -1, -2, -blocks - 1]:
-        tokens = probe_module._FrozenEncoder(model, "tokens", layer, SIZE, torch.device("cpu"))(pixel_values)
+        tokens = probe_encoders._FrozenEncoder(model, "tokens", layer, SIZE, torch.device("cpu"))(pixel_values)
         expected = out.hidden_states[layer][:, first:]
         assert tokens.shape == (2, (SIZE // 4) ** 2, 32) and torch.equal(tokens, expected), layer
-        mean = probe_module._FrozenEncoder(model, "mean", layer, SIZE, torch.device("cpu"))(pixel_values)
+        mean = probe_encoders._FrozenEncoder(model, "mean", layer, SIZE, torch.device("cpu"))(pixel_values)
         assert torch.allclose(mean, expected.mean(dim=1))
     # The default for a stock tower, hidden_states[-2], is not what the tower outputs (SigLIP: its post-norm on top
     # of the last block); the old choice stays available by name, class token included.
-    default = probe_module._FrozenEncoder(model, "tokens", -2, SIZE, torch.device("cpu"))(pixel_values)
+    default = probe_encoders._FrozenEncoder(model, "tokens", -2, SIZE, torch.device("cpu"))(pixel_values)
     assert not torch.allclose(default, out.last_hidden_state[:, first:])
-    last = probe_module._FrozenEncoder(model, "tokens", LAST_HIDDEN_STATE, SIZE, torch.device("cpu"))(pixel_values)
+    last = probe_encoders._FrozenEncoder(model, "tokens", LAST_HIDDEN_STATE, SIZE, torch.device("cpu"))(pixel_values)
     assert torch.equal(last, out.last_hidden_state)
     if kind == "stock":  # SigLIP: last_hidden_state = post_layernorm(output of the last block)
         assert torch.allclose(last, model.post_layernorm(out.hidden_states[-1]))
     with pytest.raises(ValueError, match=f"--feature_layer {blocks + 1} is not a hidden_states index of a {blocks}"):
-        probe_module._FrozenEncoder(model, "tokens", blocks + 1, SIZE, torch.device("cpu"))
+        probe_encoders._FrozenEncoder(model, "tokens", blocks + 1, SIZE, torch.device("cpu"))
 
 
 def test_hive_checkpoints_are_probed_at_their_deepest_tap_and_stock_towers_at_minus_two(encoders, tmp_path):
@@ -205,7 +208,7 @@ def test_recipes_by_name_and_explicit_flags_win():
     assert mine.weight_decay == 0.01 and mine.bf16 is True
     assert set(PROBE_RECIPES) == {"paper", "authors", "authors_imagenet"}
     # bf16 only where the device runs it natively: never on CPU
-    assert isinstance(probe_module._bf16_autocast(torch.device("cpu"), True), type(contextlib.nullcontext()))
+    assert isinstance(probe_encoders._bf16_autocast(torch.device("cpu"), True), type(contextlib.nullcontext()))
 
 
 def test_linear_probe_pools_the_feature_layer_by_default():
@@ -231,7 +234,7 @@ def test_attentive_head_is_initialised_as_the_authors_and_uses_the_towers_heads(
     assert head.classifier.weight.std().item() == pytest.approx(256**-0.5, rel=0.05)
 
     built = []
-    monkeypatch.setattr(probe_module, "AttentiveProbeHead",
+    monkeypatch.setattr(probe_heads, "AttentiveProbeHead",
                         lambda *args: built.append(args) or AttentiveProbeHead(*args))
     model, image_processor = load_encoder(encoders["stock"][0])
     probe_encoder(model, image_processor, toy_split(8, 0), toy_split(4, 1), **{**FAST, "epochs": 1, "warmup_epochs": 0.0})
@@ -271,7 +274,7 @@ def test_feature_cache_gives_the_same_accuracy_as_running_the_encoder(encoders, 
     def no_encoder(*args, **kwargs):
         raise AssertionError("the cache should have been read")
 
-    monkeypatch.setattr(probe_module, "_compute_cache", no_encoder)
+    monkeypatch.setattr(probe_features, "_compute_cache", no_encoder)
     again = probe_encoder(model, image_processor, train, test, probe="linear", feature_cache_dir=str(cache),
                           **settings)
     assert again["per_seed"] == plain["per_seed"] and again["skipped_images"] == {"train": 1, "test": 0}

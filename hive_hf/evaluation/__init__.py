@@ -5,7 +5,6 @@
   data are :mod:`hive_hf.data.vqa`; the fine-tuning stages :data:`hive_hf.runs.stages.VLM_STAGES`).
 """
 
-from .augment import ProbeAugmentation
 from .probe import (
     LAST_HIDDEN_STATE,
     POOLINGS,
@@ -15,6 +14,7 @@ from .probe import (
     SYNTHETIC_DATASET,
     AttentiveProbeHead,
     LinearProbeHead,
+    ProbeAugmentation,
     ProbeRecipe,
     ProbeSettings,
     default_feature_layer,

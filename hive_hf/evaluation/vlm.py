@@ -39,6 +39,7 @@ from transformers import (
 from transformers.utils import logging
 
 from ..compat import AutoImageProcessor
+from ..configuration_hive import vision_token_layout
 from ..data.captions import decode_image
 from ..data.collate import SkippingCollator
 from ..data.vqa import IMAGE_TOKEN, TASK_METRICS, training_answer, user_message
@@ -84,18 +85,6 @@ TASK_TITLES: dict[str, str] = {"mme": "MME", "gqa": "GQA", "vqa": "OK-VQA", "sci
 
 
 # -- building the model -----------------------------------------------------------------------------------------------
-def _extra_tokens(vision: PreTrainedModel) -> tuple[int, int]:
-    """(patch tokens, extra tokens such as a class token) the tower outputs for one image of its configured size;
-    measured rather than looked up by architecture name."""
-    config = vision.config
-    size, patch = config.image_size, config.patch_size
-    pixels = torch.zeros(1, getattr(config, "num_channels", 3), size, size, dtype=vision.dtype, device=vision.device)
-    with torch.no_grad():
-        tokens = vision(pixel_values=pixels).last_hidden_state.shape[1]
-    patches = (size // patch) ** 2
-    return patches, tokens - patches
-
-
 def _processed_size(image_processor: Any, size: int) -> tuple[int, int]:
     pixels = image_processor(PIL.Image.new("RGB", (size + 7, size + 3)), return_tensors="np")["pixel_values"]
     return tuple(pixels.shape[-2:])
@@ -117,27 +106,22 @@ def compose_llava(
     `vision_feature_layer` is the `hidden_states` index the projector reads (-2: the second-to-last block's raw
     output, as the authors and LLaVA; -1: the last block's, still without SigLIP's post-norm).
 
-    `vision_feature_select_strategy` defaults to what the tower needs: `"full"` when it outputs patch tokens only
-    (SigLIP), `"default"` when it adds one class token (CLIP), which LLaVA drops. `image_token` is added to the
-    tokenizer as a special token if missing, and `llm`'s embeddings grow by the added rows only (the existing rows
-    are left as they were): both are changed in place. A tokenizer without a pad token pads with its EOS token.
+    `vision_feature_select_strategy` defaults to what the tower needs, as `vision_token_layout` says: `"full"` when
+    it outputs patch tokens only (SigLIP), `"default"` when it adds one class token (CLIP), which LLaVA drops.
+    `image_token` is added to the tokenizer as a special token if missing, and `llm`'s embeddings grow by the added
+    rows only (the existing rows are left as they were): both are changed in place. A tokenizer without a pad token pads with its EOS token.
     """
     blocks = vision.config.num_hidden_layers
     if not -blocks - 1 <= vision_feature_layer <= blocks:
         raise ValueError(f"vision_feature_layer must be a hidden_states index of the {blocks}-block tower, in "
                          f"[{-blocks - 1}, {blocks}]; got {vision_feature_layer}.")
-    patches, extra = _extra_tokens(vision)
+    layout = vision_token_layout(vision.config)  # CLIP: one class token first; SigLIP: patches only
     if vision_feature_select_strategy is None:
-        if extra not in (0, 1):
-            raise ValueError(
-                f"The vision tower outputs {extra} tokens besides its {patches} patches; pass "
-                "vision_feature_select_strategy ('default' drops the first token, 'full' keeps all)."
-            )
-        vision_feature_select_strategy = "default" if extra == 1 else "full"
+        vision_feature_select_strategy = "default" if layout.class_tokens else "full"
     if vision_feature_select_strategy not in ("default", "full"):
         raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', got "
                          f"{vision_feature_select_strategy!r}.")
-    if vision_feature_select_strategy == "default" and extra == 0:
+    if vision_feature_select_strategy == "default" and not layout.class_tokens:
         raise ValueError("vision_feature_select_strategy='default' drops a class token, but this tower has none "
                          "(e.g. SigLIP); use 'full'.")
     processed = _processed_size(image_processor, vision.config.image_size)
@@ -153,7 +137,7 @@ def compose_llava(
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
         llm.resize_token_embeddings(len(tokenizer))
 
-    image_seq_length = patches + extra - (1 if vision_feature_select_strategy == "default" else 0)
+    image_seq_length = layout.num_tokens - (1 if vision_feature_select_strategy == "default" else 0)
     config = LlavaConfig(
         vision_config=copy.deepcopy(vision.config),
         text_config=copy.deepcopy(llm.config),
@@ -184,7 +168,7 @@ def compose_llava(
     vars(image_processor).pop("auto_map", None)
     processor = LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=vision.config.patch_size,
-        vision_feature_select_strategy=vision_feature_select_strategy, num_additional_image_tokens=extra,
+        vision_feature_select_strategy=vision_feature_select_strategy, num_additional_image_tokens=layout.class_tokens,
         image_token=image_token,
     )
     return model, processor
