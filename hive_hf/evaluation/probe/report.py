@@ -5,15 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ...runs.tables import markdown_table
+
 __all__ = ["format_details", "format_table"]
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
-    """The one place the probe renders a markdown table: `header` cells, then `rows`; `numeric` columns are
-    right-aligned."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "".join("---:|" if right else "---|" for right in numeric)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def format_table(results: dict[str, Any] | Sequence[dict[str, Any]], precision: int = 2) -> str:
@@ -35,7 +29,7 @@ def format_table(results: dict[str, Any] | Sequence[dict[str, Any]], precision: 
             cell = f"{entry['mean']:.{precision}f} ± {entry['std']:.{precision}f}"
             cells.append(f"**{cell}**" if entry["mean"] == top else cell)
         rows.append(cells)
-    return _markdown_table(["Encoder", *(run["dataset"] for run in runs)], rows, [False] + [True] * len(runs))
+    return markdown_table(["Encoder", *(run["dataset"] for run in runs)], rows, "l" + "r" * len(runs))
 
 
 def format_details(results: dict[str, Any] | Sequence[dict[str, Any]], precision: int = 2) -> str:

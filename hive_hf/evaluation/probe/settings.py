@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...runs.recipes import PROBE_RECIPES, ProbeRecipe
 from .augment import ProbeAugmentation
 
 __all__ = [
@@ -35,27 +36,6 @@ STOCK_FEATURE_LAYER = -2
 LAST_HIDDEN_STATE = "last_hidden_state"
 
 
-@dataclass(frozen=True)
-class ProbeRecipe:
-    """The training schedule of a probe; warmup is given in epochs or as a fraction of all steps, not both."""
-
-    learning_rates: tuple[float, ...]
-    epochs: int
-    weight_decay: float
-    warmup_epochs: float | None = None
-    warmup_ratio: float | None = None
-    bf16: bool = False
-
-
-_AUTHORS = dict(weight_decay=0.01, warmup_ratio=0.03, bf16=True)
-PROBE_RECIPES: dict[str, ProbeRecipe] = {
-    # The paper's Table 4; its blanks (learning rates, weight decay, epochs) are our choices.
-    "paper": ProbeRecipe(learning_rates=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2), epochs=30, weight_decay=0.05,
-                         warmup_epochs=1.5),
-    # scripts/train/classification.sh: the seven smaller datasets, and ImageNet-1K.
-    "authors": ProbeRecipe(learning_rates=(2e-4,), epochs=5, **_AUTHORS),
-    "authors_imagenet": ProbeRecipe(learning_rates=(1e-3,), epochs=1, **_AUTHORS),
-}
 
 
 @dataclass
