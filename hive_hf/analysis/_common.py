@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from ..configuration_hive import HiveConfig, vision_token_layout
+from ..data.synthetic import draw_shapes, shapes_caption
 from ..modeling_hive import HiveForConditionalGeneration
 from ..processing_hive import HiveProcessor
 
@@ -29,8 +30,6 @@ def load_checkpoint(
 
 def default_image_and_caption(image_size: int = 128) -> tuple[Image.Image, str]:
     """Two red circles in the top left (no jitter, light background) and the caption the synthetic set gives it."""
-    from ..data.synthetic import draw_shapes, shapes_caption
-
     image = draw_shapes(**DEFAULT_SHAPES, image_size=max(16, image_size))
     return image, shapes_caption(**DEFAULT_SHAPES)
 

@@ -39,7 +39,7 @@ from transformers import (
 from transformers.utils import logging
 
 from ..compat import AutoImageProcessor
-from ..configuration_hive import vision_token_layout
+from ..configuration_hive import VisionTokenLayout, vision_token_layout
 from ..data.captions import decode_image
 from ..data.collate import SkippingCollator
 from ..data.vqa import IMAGE_TOKEN, TASK_METRICS, training_answer, user_message
@@ -90,6 +90,40 @@ def _processed_size(image_processor: Any, size: int) -> tuple[int, int]:
     return tuple(pixels.shape[-2:])
 
 
+def _check_llava_inputs(vision_config: Any, layout: VisionTokenLayout, image_processor: Any,
+                        vision_feature_select_strategy: str | None, vision_feature_layer: int) -> str:
+    """Raise on a feature layer, strategy or image processor that does not fit the tower; return the strategy,
+    defaulting to what the tower needs (`"default"` drops a class token, `"full"` keeps every token)."""
+    blocks = vision_config.num_hidden_layers
+    if not -blocks - 1 <= vision_feature_layer <= blocks:
+        raise ValueError(f"vision_feature_layer must be a hidden_states index of the {blocks}-block tower, in "
+                         f"[{-blocks - 1}, {blocks}]; got {vision_feature_layer}.")
+    if vision_feature_select_strategy is None:
+        vision_feature_select_strategy = "default" if layout.class_tokens else "full"
+    if vision_feature_select_strategy not in ("default", "full"):
+        raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', got "
+                         f"{vision_feature_select_strategy!r}.")
+    if vision_feature_select_strategy == "default" and not layout.class_tokens:
+        raise ValueError("vision_feature_select_strategy='default' drops a class token, but this tower has none "
+                         "(e.g. SigLIP); use 'full'.")
+    processed = _processed_size(image_processor, vision_config.image_size)
+    if processed != (vision_config.image_size,) * 2:
+        raise ValueError(f"The image processor outputs {processed} pixels but the vision tower expects "
+                         f"{vision_config.image_size}; pass the tower's own image processor.")
+    return vision_feature_select_strategy
+
+
+def _add_image_token(tokenizer: Any, llm: PreTrainedModel, image_token: str) -> None:
+    """Add `image_token` (special) and a pad token where missing; grow `llm`'s embeddings by the added rows only."""
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+    if tokenizer.pad_token is None:
+        logger.info(f"The tokenizer has no pad token; padding with its EOS token {tokenizer.eos_token!r}.")
+        tokenizer.pad_token = tokenizer.eos_token
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer))
+
+
 def compose_llava(
     vision: PreTrainedModel,
     llm: PreTrainedModel,
@@ -111,31 +145,10 @@ def compose_llava(
     `image_token` is added to the tokenizer as a special token if missing, and `llm`'s embeddings grow by the added
     rows only (the existing rows are left as they were): both are changed in place. A tokenizer without a pad token pads with its EOS token.
     """
-    blocks = vision.config.num_hidden_layers
-    if not -blocks - 1 <= vision_feature_layer <= blocks:
-        raise ValueError(f"vision_feature_layer must be a hidden_states index of the {blocks}-block tower, in "
-                         f"[{-blocks - 1}, {blocks}]; got {vision_feature_layer}.")
     layout = vision_token_layout(vision.config)  # CLIP: one class token first; SigLIP: patches only
-    if vision_feature_select_strategy is None:
-        vision_feature_select_strategy = "default" if layout.class_tokens else "full"
-    if vision_feature_select_strategy not in ("default", "full"):
-        raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', got "
-                         f"{vision_feature_select_strategy!r}.")
-    if vision_feature_select_strategy == "default" and not layout.class_tokens:
-        raise ValueError("vision_feature_select_strategy='default' drops a class token, but this tower has none "
-                         "(e.g. SigLIP); use 'full'.")
-    processed = _processed_size(image_processor, vision.config.image_size)
-    if processed != (vision.config.image_size,) * 2:
-        raise ValueError(f"The image processor outputs {processed} pixels but the vision tower expects "
-                         f"{vision.config.image_size}; pass the tower's own image processor.")
-
-    if image_token not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
-    if tokenizer.pad_token is None:
-        logger.info(f"The tokenizer has no pad token; padding with its EOS token {tokenizer.eos_token!r}.")
-        tokenizer.pad_token = tokenizer.eos_token
-    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        llm.resize_token_embeddings(len(tokenizer))
+    vision_feature_select_strategy = _check_llava_inputs(vision.config, layout, image_processor,
+                                                         vision_feature_select_strategy, vision_feature_layer)
+    _add_image_token(tokenizer, llm, image_token)
 
     image_seq_length = layout.num_tokens - (1 if vision_feature_select_strategy == "default" else 0)
     config = LlavaConfig(

@@ -152,6 +152,41 @@ def _model_facts(config: HiveConfig, num_parameters: int | None) -> dict[str, An
     }
 
 
+def _card_data(kind: str, config: HiveConfig, options: CardOptions) -> ModelCardData:
+    """The card's YAML front matter: license, pipeline tag, base models, datasets and tags."""
+    base_models = [m for m in (options.vision_base_model, options.text_base_model) if m]
+    tags = list(dict.fromkeys(["hive", "vision-encoder", f"hive-{config.fusion}",
+                               config.vision_config.model_type, *([config.text_config.model_type] * (kind == "full"))]))
+    return ModelCardData(
+        license=options.license,
+        library_name="transformers",
+        pipeline_tag=PIPELINE_TAGS[kind],
+        base_model=base_models or None,
+        # Several base models would otherwise read as a merge on the Hub; HIVE trains new weights from them.
+        base_model_relation="finetune" if base_models else None,
+        datasets=list(options.datasets) or None,
+        tags=tags,
+    )
+
+
+def _data_description(stages: Sequence[StageRecord], options: CardOptions) -> str:
+    """The training data in one line: the named datasets (linked when they are Hub ids) and pairs per epoch."""
+    data_size = next((r.data_size for r in stages if r.data_size), None)
+    datasets = ", ".join(_link(d if as_hub_id(d) else None, f"`{d}`", "datasets/") for d in options.datasets)
+    return (datasets or "the datasets were not named at release") + (
+        f"; about {data_size:,} image-caption pairs per epoch" if data_size else "")
+
+
+def _templates(template_dir: str | os.PathLike | None) -> jinja2.Environment:
+    """The card templates: the package's `model_cards/`, or `template_dir`."""
+    if template_dir is not None:
+        loader: jinja2.BaseLoader = jinja2.FileSystemLoader(str(template_dir))
+    else:
+        loader = jinja2.PackageLoader("hive_hf", "model_cards")
+    return jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True, autoescape=False)
+
+
 def render_model_card(
     kind: str,
     config: HiveConfig,
@@ -185,26 +220,9 @@ def render_model_card(
     """
     if kind not in CARD_TEMPLATES:
         raise ValueError(f"`kind` must be one of {tuple(CARD_TEMPLATES)}, got {kind!r}.")
-    base_models = [m for m in (options.vision_base_model, options.text_base_model) if m]
-    tags = list(dict.fromkeys(["hive", "vision-encoder", f"hive-{config.fusion}",
-                               config.vision_config.model_type, *([config.text_config.model_type] * (kind == "full"))]))
-    card_data = ModelCardData(
-        license=options.license,
-        library_name="transformers",
-        pipeline_tag=PIPELINE_TAGS[kind],
-        base_model=base_models or None,
-        # Several base models would otherwise read as a merge on the Hub; HIVE trains new weights from them.
-        base_model_relation="finetune" if base_models else None,
-        datasets=list(options.datasets) or None,
-        tags=tags,
-    )
-    data_size = next((r.data_size for r in stages if r.data_size), None)
-    datasets = ", ".join(_link(d if as_hub_id(d) else None, f"`{d}`", "datasets/") for d in options.datasets)
-    data_description = (datasets or "the datasets were not named at release") + (
-        f"; about {data_size:,} image-caption pairs per epoch" if data_size else "")
     released = [r.stage for r in stages]
     context = {
-        "card_data": card_data.to_yaml(),
+        "card_data": _card_data(kind, config, options).to_yaml(),
         "kind": kind,
         "title": repo_id.split("/")[-1],
         "repo_id": repo_id,
@@ -223,7 +241,7 @@ def render_model_card(
         "stages_note": "" if released == list(HIVE_STAGES.stages) else
         f"This revision has been through stage(s) {', '.join(str(s) for s in released)}.",
         "optimization": _optimization(stages),
-        "data_description": data_description,
+        "data_description": _data_description(stages, options),
         "loss_curve": loss_curve,
         "results": [{"source": name, "table": data if isinstance(data, str) else results_table(data)}
                     for name, data in options.results],
@@ -231,11 +249,5 @@ def render_model_card(
         "license": options.license,
         "versions": {"hive_hf": __version__, "transformers": transformers.__version__},
     }
-    if options.template_dir is not None:
-        loader: jinja2.BaseLoader = jinja2.FileSystemLoader(str(options.template_dir))
-    else:
-        loader = jinja2.PackageLoader("hive_hf", "model_cards")
-    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True, autoescape=False)
-    content = env.get_template(CARD_TEMPLATES[kind]).render(**context)
+    content = _templates(options.template_dir).get_template(CARD_TEMPLATES[kind]).render(**context)
     return ModelCard(re.sub(r"\n{3,}", "\n\n", content).lstrip())

@@ -124,6 +124,30 @@ def _work_dir(dry_run_dir: Path | None) -> Iterator[Path]:
             yield Path(tmp)
 
 
+def _release_repos(repo_id: str, encoder_repo_id: str | None, stock_encoder_repo_id: str | None,
+                   namespace: str | None) -> dict[str, str]:
+    """The full ids of the repositories a release writes, by kind (`full`, `encoder`, `stock`); all distinct."""
+    repos = {"full": _full_repo_id(repo_id, namespace)}
+    repos["encoder"] = _full_repo_id(encoder_repo_id or f"{repo_id}-encoder", namespace)
+    if stock_encoder_repo_id:
+        repos["stock"] = _full_repo_id(stock_encoder_repo_id, namespace)
+    if len(set(repos.values())) != len(repos):
+        raise ReleaseError(f"The repositories must be distinct, got {repos}.")
+    return repos
+
+
+def _create_repos(api: HfApi, repos: dict[str, str], private: bool | None, revision: str | None) -> None:
+    """Create the release's repositories (and the `revision` branch) where missing; say where each one is."""
+    for kind, rid in repos.items():
+        url = api.create_repo(rid, private=private, exist_ok=True)
+        if private is not None and api.model_info(rid).private != private:
+            logger.warning(f"{rid} already exists and stays {'private' if not private else 'public'}: --private "
+                           "applies to new repositories only.")
+        if revision and not revision.startswith("refs/pr/"):
+            api.create_branch(rid, branch=revision, exist_ok=True)
+        logger.info(f"{REPO_LABELS[kind]}: {url}")
+
+
 def release_run(
     run_dir: str | os.PathLike,
     repo_id: str,
@@ -162,12 +186,7 @@ def release_run(
     if not dry_run:
         api = HfApi(token=token)
         namespace = api.whoami()["name"]  # fails first, with the client's own message, when there is no token
-    repos = {"full": _full_repo_id(repo_id, namespace)}
-    repos["encoder"] = _full_repo_id(encoder_repo_id or f"{repo_id}-encoder", namespace)
-    if stock_encoder_repo_id:
-        repos["stock"] = _full_repo_id(stock_encoder_repo_id, namespace)
-    if len(set(repos.values())) != len(repos):
-        raise ReleaseError(f"The repositories must be distinct, got {repos}.")
+    repos = _release_repos(repo_id, encoder_repo_id, stock_encoder_repo_id, namespace)
 
     last_config = HiveConfig.from_pretrained(stages[max(stages)])
     options = CardOptions(
@@ -185,14 +204,7 @@ def release_run(
                            f"--{part}_base_model with its Hub id).")
 
     if api is not None:
-        for kind, rid in repos.items():
-            url = api.create_repo(rid, private=private, exist_ok=True)
-            if private is not None and api.model_info(rid).private != private:
-                logger.warning(f"{rid} already exists and stays {'private' if not private else 'public'}: --private "
-                               "applies to new repositories only.")
-            if revision and not revision.startswith("refs/pr/"):
-                api.create_branch(rid, branch=revision, exist_ok=True)
-            logger.info(f"{REPO_LABELS[kind]}: {url}")
+        _create_repos(api, repos, private, revision)
 
     commits: list[ReleaseCommit] = []
     records: list[StageRecord] = []

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import transformers
 
+from .. import __version__
 from .layout import RunLayout
 from .stages import HIVE_STAGES
 
@@ -48,8 +49,6 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     """What a number depends on besides the code: versions (of every installed package too), thread count, the CPU
     and the vector kernels torch picked for it (`torch.backends.cpu.get_cpu_capability()`, which
     `ATEN_CPU_CAPABILITY` can lower), date."""
-    from .. import __version__
-
     packages = installed_packages()
     return {
         "hive_hf": __version__,
