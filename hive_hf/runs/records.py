@@ -175,3 +175,30 @@ def compare_stage_losses(run: dict[str, Any], committed: dict[str, Any]) -> tupl
                      f"{theirs['first_loss']:.3f} -> {theirs['last_loss']:.3f}; differences "
                      f"{diffs[0]:.4f}, {diffs[1]:.4f})")
     return lines, worst
+
+
+# Keys whose numbers measure the machine, not the result: left out when two results files are compared.
+TIMING_WORDS = ("time", "runtime", "second", "minute", "per_second", "wall", "flos")
+
+
+def numeric_leaves(data: Any, path: str = "") -> dict[str, float]:
+    """Every number in a results JSON's `results`, by its path (`stages.1.last_loss`), timings left out."""
+    if isinstance(data, bool) or data is None:
+        return {}
+    if isinstance(data, (int, float)):
+        return {path: float(data)}
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    leaves: dict[str, float] = {}
+    for key, value in items:
+        if isinstance(key, str) and any(word in key.lower() for word in TIMING_WORDS):
+            continue
+        leaves.update(numeric_leaves(value, f"{path}.{key}" if path else str(key)))
+    return leaves
+
+
+def compare_results(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """The numbers two results files of the same command share, `(path, a, b)`, largest absolute difference first:
+    how far a result moves with the CPU's kernels, the seed or the release it ran under."""
+    ours, theirs = numeric_leaves(a["results"]), numeric_leaves(b["results"])
+    common = [(path, ours[path], theirs[path]) for path in ours if path in theirs]
+    return sorted(common, key=lambda row: -abs(row[1] - row[2]))
