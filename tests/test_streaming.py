@@ -3,23 +3,24 @@ exact resume that reads nothing again, and a resume that does not report the tie
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
-from tiny import set_gates, tiny_model
-from transformers import SiglipImageProcessorPil, TrainerCallback, TrainingArguments
+from torchrun_streaming import stream_trainer
+from transformers import TrainerCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from hive_hf import HiveProcessor
 from hive_hf.data import load_caption_dataset, make_shapes_dataset
 from hive_hf.data.shards import split_stream, write_shards
-from hive_hf.tiny_backbones import build_word_tokenizer
-from hive_hf.training import HiveCaptionCollator, HiveTrainer
 from hive_hf.training.streaming import data_state_path, streamed_dataloader
 
 ROWS, SHARDS, BATCH = 64, 4, 4
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,22 +86,33 @@ def test_each_process_reads_only_its_own_shards(shards):
         split_stream(stream, 0, 3, num_workers=1)
 
 
+def streamed_keys(shards, out, processes, workers, global_batch=8):
+    """{step: sorted keys of its global batch} of a 4-step streamed stage on `processes` x `workers` readers."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+                                 if processes > 1 else [])
+    proc = subprocess.run([*launch, str(ROOT / "tests" / "torchrun_streaming.py"), str(shards), str(out),
+                           str(workers), str(global_batch)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"keys-rank{rank}.json").read_text()) for rank in range(processes)]
+    return {step: sorted(k for rank in ranks for k in rank[step]) for step in ranks[0]}, ranks
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_train_on_the_same_global_batches(shards, tmp_path):
+    """2 processes x 1 worker read what 1 process x 2 workers reads, each process its own two shards: the same
+    global batch at every step (as map-style data give)."""
+    one, _ = streamed_keys(shards, tmp_path / "one", processes=1, workers=2)
+    two, ranks = streamed_keys(shards, tmp_path / "two", processes=2, workers=1)
+    assert one == two and sorted(one) == ["1", "2", "3", "4"] and all(len(keys) == 8 for keys in one.values())
+    per_shard = ROWS // SHARDS
+    for rank, steps in enumerate(ranks):  # process r reads shards r and r + 2 only
+        assert {k // per_shard for keys in steps.values() for k in keys} <= {rank, rank + 2}
+
+
 # -- exact resume -------------------------------------------------------------------------------------------------------
-class KeyedCollator(HiveCaptionCollator):
-    """Also returns each batch's sample keys, so that a test sees what every step trained on."""
-
-    def __call__(self, rows):
-        batch = super().__call__(rows)
-        batch["sample_keys"] = torch.tensor([int(r["__key__"]) for r in rows])
-        return batch
-
-
-class KeyedTrainer(HiveTrainer):
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        self.seen.append(inputs.pop("sample_keys").tolist())
-        return super().compute_loss(model, inputs, *args, **kwargs)
-
-
 class StopAt(TrainerCallback):
     """Stops training after step `step` has been saved: a kill right after that checkpoint."""
 
@@ -113,39 +125,20 @@ class StopAt(TrainerCallback):
         return control
 
 
-def processor_for(model, shapes):
-    return HiveProcessor.for_model_config(model.config, SiglipImageProcessorPil(size={"height": 16, "width": 16}),
-                                          build_word_tokenizer(shapes["caption"]))
-
-
-def stream_trainer(shards, shapes, out, workers=2, callbacks=()):
-    model = tiny_model(seed=0)
-    set_gates(model, 0.5)
-    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=10, learning_rate=1e-2,
-                             use_cpu=True, report_to="none", save_strategy="steps", save_steps=3,
-                             remove_unused_columns=False, logging_steps=1, disable_tqdm=True, seed=0,
-                             dataloader_num_workers=workers)
-    trainer = KeyedTrainer(model=model, args=args, train_dataset=load_caption_dataset(str(shards), streaming=True),
-                           data_collator=KeyedCollator(processor_for(model, shapes)), stage=2,
-                           callbacks=list(callbacks))
-    trainer.seen = []
-    return trainer
-
-
 def losses(trainer):
     return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
 
 
 def test_a_resumed_stream_trains_on_exactly_the_samples_of_an_uninterrupted_run(shards, shapes, tmp_path, caplog):
-    whole = stream_trainer(shards, shapes, tmp_path / "whole")
+    whole = stream_trainer(shards, shapes["caption"], tmp_path / "whole")
     whole.train()
-    killed = stream_trainer(shards, shapes, tmp_path / "killed", callbacks=[StopAt(6)])
+    killed = stream_trainer(shards, shapes["caption"], tmp_path / "killed", callbacks=[StopAt(6)])
     killed.train()
     assert killed.state.global_step == 6 and whole.seen[:6] == killed.seen
     state = json.loads(data_state_path(tmp_path / "killed" / "checkpoint-6", 0).read_text())
     assert state["batches"] == 6 and set(state["loader"]["_snapshot"]["_worker_snapshots"]) == {"worker_0", "worker_1"}
 
-    resumed = stream_trainer(shards, shapes, tmp_path / "killed")
+    resumed = stream_trainer(shards, shapes["caption"], tmp_path / "killed")
     with caplog.at_level(logging.WARNING):
         hf_logging.enable_propagation()
         resumed.train(resume_from_checkpoint=str(tmp_path / "killed" / "checkpoint-6"))
@@ -166,7 +159,7 @@ def test_a_resumed_stream_trains_on_exactly_the_samples_of_an_uninterrupted_run(
               metadata={"format": "pt"})
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        stream_trainer(shards, shapes, tmp_path / "killed").train(resume_from_checkpoint=str(checkpoint))
+        stream_trainer(shards, shapes["caption"], tmp_path / "killed").train(resume_from_checkpoint=str(checkpoint))
     missing = [r.getMessage() for r in caplog.records if "missing keys" in r.getMessage()]
     assert missing and all(dropped in message for message in missing)
 
