@@ -3,9 +3,10 @@
 A `datasets.IterableDataset` is read by a `torchdata` `StatefulDataLoader` over this process's own shards
 (`hive_hf.data.shards.split_stream`). Every checkpoint holds the loader's state, one file per process
 (`<checkpoint>/data_state/rank<r>.json`): for each DataLoader worker its shard, the offset in it and its epoch, and
-which worker gives the next batch. A resumed run loads it (`Trainer.get_resumed_dataloader`, transformers >= 5.25)
-and reads on from there: nothing trained is read or decoded again, so resuming costs the same at any step (at most
-re-opening one shard per worker and seeking in it), and the batches are the ones an uninterrupted run trains on.
+which worker gives the next batch. A resumed run loads it (`Trainer.get_resumed_dataloader`, which transformers 5.25
+has and 5.6 has not) and reads on from there: nothing trained is decoded or collated again, so resuming costs the
+same at any step (at most each worker reads its current shard's tar entries up to the offset, without decoding
+them), and the batches are the ones an uninterrupted run trains on.
 
 The loader is deliberately not `accelerator.prepare`d: accelerate would shard the stream again per process (or, with
 older accelerate or too few shards, have every process read all of it and keep its slice of each batch).
