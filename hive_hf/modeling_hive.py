@@ -899,6 +899,11 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self._inject_fusion()
         self.post_init()
+        # A tied lm_head is the input embedding: save_pretrained does not write it, and loading re-ties it. Naming it as
+        # not saved says so to the Trainer too, which then re-ties it on resume instead of calling it missing (a real
+        # missing weight is still reported). An untied head is not in the set, and is saved.
+        tied = getattr(self, "all_tied_weights_keys", None) or {}
+        self._keys_to_ignore_on_save = set(self._keys_to_ignore_on_save or ()) | set(tied)
         self._plan_image_kv()
         self.copy_image_kv_from_text()
         unused = self._unused_vision_parameters()  # never run by HIVE: frozen from the start, as in every stage

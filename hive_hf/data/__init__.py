@@ -4,7 +4,8 @@ conversations for the VLM evaluation.
 ``load_caption_dataset(source, ...)`` returns a dataset with an ``image`` column (``Image(decode=False)``: rows hold
 ``{"bytes", "path"}``) and a ``caption`` column; ``decode_image`` turns an image entry into RGB PIL or ``None`` for a
 bad file, which the collators (``collate.SkippingCollator``) skip and count. ``vqa`` reads the benchmarks' own
-layouts (GQA, OK-VQA, ScienceQA, MME), LLaVA conversations, and makes the synthetic shapes VQA.
+layouts (GQA, OK-VQA, ScienceQA, MME), LLaVA conversations, and makes the synthetic shapes VQA. ``shards`` writes
+WebDataset shards (``write_shards``) and gives each reader of a stream its own (``split_stream``).
 """
 
 from .captions import (
@@ -14,6 +15,7 @@ from .captions import (
     decode_image,
     load_caption_dataset,
 )
+from .shards import split_stream, write_shards
 from .synthetic import (
     COLORS,
     NUMBER_WORDS,
@@ -39,4 +41,6 @@ __all__ = [
     "make_shapes_dataset",
     "shapes_caption",
     "shapes_features",
+    "split_stream",
+    "write_shards",
 ]

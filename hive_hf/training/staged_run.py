@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
 import torch
 from transformers import (
     AutoModelForImageTextToText,
@@ -87,10 +86,6 @@ class StagedRun:
         if lora:
             self.apply_lora(model, r=self.args.lora_r, alpha=self.args.lora_alpha, dropout=self.args.lora_dropout)
         stage_args = self.args.for_stage(stage, stage_dir)
-        if isinstance(train_dataset, datasets.IterableDataset):
-            # Skipped images make batch sizes vary; each process then collates its own batches instead of the main
-            # process concatenating equal-sized ones.
-            stage_args.accelerator_config.dispatch_batches = False
         trainer = HiveTrainer(
             model=model, args=stage_args, train_dataset=train_dataset, data_collator=self.make_collator(processor),
             stage=stage, stage_setter=self.stages.stage_setter, component_rule=self.stages.component_of,

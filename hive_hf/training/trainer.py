@@ -1,7 +1,9 @@
-"""HiveTrainer: `Trainer` with stage-aware optimizer groups and a count of skipped images (kept across a resume).
+"""HiveTrainer: `Trainer` with stage-aware optimizer groups, a count of skipped images (kept across a resume), and
+streamed data that each process reads its own part of and that resumes where it stopped (`streaming`).
 
-It overrides only documented hooks (`create_optimizer`, `compute_loss`); everything that does not change the loop
-(applying and guarding the stage) is `HiveStageCallback`.
+It overrides only documented hooks (`create_optimizer`, `compute_loss`, `get_train_dataloader`,
+`get_resumed_dataloader`) and `train`, to know the checkpoint it resumes from; everything that does not change the
+loop (applying and guarding the stage, saving the data position) is a callback.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from ..data.collate import SKIPPED_KEY
 from ..modeling_hive import parameter_component
 from ..runs.stages import StageSetter
 from .callback import HiveStageCallback, SkippedImagesCallback
+from .streaming import DataStateCallback, is_stream, load_data_state, streamed_dataloader
 
 logger = logging.get_logger(__name__)
 
@@ -78,10 +83,12 @@ class HiveTrainer(Trainer):
         callbacks = list(kwargs.pop("callbacks", None) or [])
         if stage is not None and not any(isinstance(c, HiveStageCallback) for c in callbacks):
             callbacks.append(HiveStageCallback(stage, stage_setter=stage_setter))
-        if not any(isinstance(c, SkippedImagesCallback) for c in callbacks):
-            callbacks.append(SkippedImagesCallback())
+        for needed in (SkippedImagesCallback, DataStateCallback):
+            if not any(isinstance(c, needed) for c in callbacks):
+                callbacks.append(needed())
         self.lr_multipliers = lr_multipliers
         self.component_rule = component_rule
+        self.resumed_from: str | None = None
         super().__init__(*args, callbacks=callbacks, **kwargs)
 
     def _skip_counter(self) -> SkippedImagesCallback:
@@ -93,6 +100,40 @@ class HiveTrainer(Trainer):
         """Images this process's batches skipped in this stage; after a resume, the main process includes the total
         from before it (see `SkippedImagesCallback`)."""
         return self._skip_counter().count()
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """`Trainer.train`, remembering the checkpoint it resumes from: a streamed dataset's position is read from
+        there (`get_resumed_dataloader`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)  # what Trainer.train does with True
+        self.resumed_from = resume_from_checkpoint or None
+        if self.resumed_from and is_stream(self.train_dataset) and not hasattr(Trainer, "get_resumed_dataloader"):
+            logger.warning("This transformers version has no `Trainer.get_resumed_dataloader`: the stream is read "
+                           "again from its start up to the resumed step (upgrade transformers to resume at once).")
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def get_train_dataloader(self) -> DataLoader:
+        """A streamed dataset (`datasets.IterableDataset`) is read by a `StatefulDataLoader` over this process's own
+        shards (`hive_hf.training.streaming`); a map-style one as `Trainer` reads it."""
+        if not is_stream(self.train_dataset):
+            return super().get_train_dataloader()
+        # `_train_batch_size`: what Trainer.get_train_dataloader uses (it follows auto_find_batch_size)
+        return streamed_dataloader(self.train_dataset, self._train_batch_size, self.data_collator, self.args)
+
+    def get_resumed_dataloader(self, dataloader: DataLoader, num_batches: int) -> DataLoader:
+        """A stream resumes at the position saved in the checkpoint, reading nothing already trained; a checkpoint
+        without one (or map-style data) skips `num_batches` batches as `Trainer` does."""
+        state = None
+        if self.resumed_from and hasattr(dataloader, "load_state_dict"):
+            state = load_data_state(self.resumed_from, self.args, num_batches)
+        if state is None:
+            if is_stream(self.train_dataset):
+                logger.warning(f"{self.resumed_from} holds no data position for process {self.args.process_index}: "
+                               f"reading the stream again up to batch {num_batches}.")
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        dataloader.load_state_dict(state)
+        logger.info(f"Resumed the stream after {num_batches} batches from {self.resumed_from}, reading nothing again.")
+        return dataloader
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
