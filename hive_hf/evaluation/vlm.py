@@ -78,6 +78,7 @@ SCORING_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "scienceqa": ("parsing", ("strict", "lenient")),
     "mme": ("parsing", ("official", "strict")),
     "gqa": ("normalization", ("lmms_eval", "llava", "lenient")),
+    "vqa": ("normalization", ("lmms_eval", "official")),
 }
 
 # Column titles of the results table, in the paper's order (Table 2).
@@ -433,7 +434,8 @@ def score_predictions(
     """Score `predictions` (one per record) with each record's task metric (:data:`TASK_METRICS`).
 
     The metrics score as lmms-eval does by default; `scoring` passes options per task, e.g. `{"scienceqa": {"parsing":
-    "lenient"}, "mme": {"parsing": "strict"}, "gqa": {"normalization": "llava"}}`.
+    "lenient"}, "mme": {"parsing": "strict"}, "gqa": {"normalization": "llava"}, "vqa": {"normalization":
+    "official"}}`.
 
     Returns `{task: {"score": headline number, "num_questions": n, ...metric outputs}}` for the tasks present; MME's
     headline is perception + cognition, the others are accuracies in %.
