@@ -9,8 +9,11 @@ baseline (README, "VLM fine-tuning").
    (the stock tower the demo started from),
 3. scores a blind baseline on the same questions: each question answered with its most frequent training answer,
 4. reads each run's stage markers (`vlm_stage.json`: first and last logged loss, training time) and
-   `eval_results.json`, and writes the table to --results_file (and the numbers to a .json beside it), which the
-   README quotes.
+   `eval_results.json`,
+5. when lmms-eval is installed (`pip install -e ".[lmms]"`): writes the evaluation questions as lmms-eval tasks
+   (`<output_dir>/lmms_tasks`, `hive_hf.evaluation.lmms`), runs lmms-eval's `llava_hf` on each run's last stage, and
+   reports its scores beside ours, our metrics on its answers, and how many of its answers are ours;
+6. writes the tables to --results_file (and the numbers to a .json beside it), which the README quotes.
 
     python examples/run_pretrain.py examples/configs/demo.json    # outputs/demo, once (under a minute)
     python benchmarks/vlm_demo.py --threads 1                     # about 8 minutes on one CPU thread
@@ -21,17 +24,21 @@ A run folder that already holds finished stages resumes from them (the fine-tuni
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from hive_hf.cli.measure import DemoMeasurementArguments, run_step
 from hive_hf.cli.parsing import HiveArgumentParser, user_errors
 from hive_hf.data.vqa import load_vqa_benchmark, make_shapes_vqa_dataset, write_shapes_conversations
-from hive_hf.evaluation.vlm import TASK_TITLES, blind_baseline_scores
+from hive_hf.evaluation.lmms import lmms_eval_command, read_lmms_results, write_lmms_tasks
+from hive_hf.evaluation.vlm import TASK_TITLES, blind_baseline_scores, generate_answers, score_predictions
 from hive_hf.runs.layout import VLM_STAGE_MARKER, RunLayout
 from hive_hf.runs.records import command_line, demo_encoders, write_results
 from hive_hf.runs.stages import VLM_STAGES
@@ -103,6 +110,52 @@ def blind_prior(run_dirs: list[Path]) -> dict[str, dict[str, Any]]:
     return blind_baseline_scores(train, evaluation)
 
 
+def lmms_eval_rows(out: Path, threads: int) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """lmms-eval's `llava_hf` on each run's last stage, on the questions the runs answered (written as its tasks):
+    `({row name: {"scores": {task: score}, "same_answers": % of its answers equal to our pipeline's}}, {run: wall
+    seconds})`, with two rows per run: lmms-eval's scores and our metrics' on its answers."""
+    evaluation = load_vqa_benchmark("shapes", num_images=EVAL_PICTURES, image_size=IMAGE_SIZE, seed=EVAL_SEED)
+    tasks = write_lmms_tasks(evaluation, out / "lmms_tasks")
+    rows, seconds = {}, {}
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local model and data: nothing to fetch
+    for name, (folder, _) in RUNS.items():
+        model_dir = RunLayout(out / folder, marker=VLM_STAGE_MARKER).stage_dir(VLM_STAGES.stages[-1])
+        command = lmms_eval_command(model_dir, out / "lmms_tasks", out / folder / "lmms_eval", list(tasks.values()))
+        seconds[name] = run_step(command[1:], threads)
+        theirs = read_lmms_results(out / folder / "lmms_eval")
+        with open(out / folder / "predictions.jsonl") as handle:
+            ours = [json.loads(line)["prediction"] for line in handle]
+        answers = {task: iter(values["predictions"]) for task, values in theirs.items()}
+        in_order = [next(answers[task]) for task in evaluation["task"]]  # each task's answers in dataset order
+        rescored = score_predictions(evaluation, in_order)
+        # our answers generated as llava_hf feeds the model: BOS added, the image as is, one question at a time
+        model = AutoModelForImageTextToText.from_pretrained(model_dir)
+        as_llava_hf = generate_answers(model, AutoProcessor.from_pretrained(model_dir), evaluation, batch_size=1,
+                                       image_aspect_ratio="square", add_special_tokens=True)
+        same = {key: {task: 100.0 * sum(a == b for a, b, t in zip(in_order, answers, evaluation["task"]) if t == task)
+                      / rescored[task]["num_questions"] for task in theirs}
+                for key, answers in (("ours", ours), ("ours_as_llava_hf", as_llava_hf))}
+        rows[f"{name}: lmms-eval `llava_hf`"] = {"scores": {t: v["score"] for t, v in theirs.items()},
+                                                 "same_answers": same}
+        rows[f"{name}: our metrics on its answers"] = {"scores": {t: v["score"] for t, v in rescored.items()}}
+    return rows, seconds
+
+
+def lmms_table(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]]) -> str:
+    """Our pipeline's scores, lmms-eval's and our metrics' on its answers, per task (and the share of its answers
+    that are ours)."""
+    tasks = [t for t in TASK_TITLES if any(t in row["scores"] for row in ours.values())]
+    lines = []
+    for name, row in ours.items():
+        lines.append([f"{name}: our pipeline", *(f"{row['scores'][t]:.2f}" for t in tasks)])
+        for key, other in theirs.items():
+            if key.startswith(f"{name}:"):
+                same = other.get("same_answers")
+                lines.append([key, *(f"{other['scores'][t]:.2f}" + (
+                    f" ({same['ours'][t]:.1f}% / {same['ours_as_llava_hf'][t]:.1f}%)" if same else "") for t in tasks)])
+    return markdown_table(["", *(TASK_TITLES[t] for t in tasks)], lines, align="l" + "r" * len(tasks))
+
+
 @dataclass
 class VLMDemoArguments(DemoMeasurementArguments):
     output_dir: str = field(default="outputs/vlm_demo", metadata={
@@ -132,8 +185,19 @@ def main() -> None:
     table = (f"One run per encoder (`--seed {EVAL_SEED}`), scored on {first['num_questions']} questions about "
              f"{EVAL_PICTURES} held-out pictures; loss: each stage's first -> last logged value; training: minutes of "
              "stages 1 + 2:\n\n" + vlm_table(rows))
-    data = {"rows": rows, "blind_question_prior": blind, "commands": commands, "wall_seconds": seconds,
-            "conversations": {"pictures": TRAIN_PICTURES, "image_size": IMAGE_SIZE}}
+    lmms_rows: dict[str, dict[str, Any]] = {}
+    if importlib.util.find_spec("lmms_eval") is None:
+        table += '\n\nlmms-eval is not installed (`pip install -e ".[lmms]"`): its scores are not reported.'
+    else:
+        lmms_rows, lmms_seconds = lmms_eval_rows(out, args.threads)
+        seconds.update({f"{name}: lmms-eval": value for name, value in lmms_seconds.items()})
+        ours = {name: rows[name] for name in RUNS}
+        table += ("\n\nThe same checkpoints evaluated by lmms-eval (`--model llava_hf --force_simple`, its own tasks "
+                  "on the same questions; in brackets: its answers equal to our pipeline's / to ours generated as "
+                  "`llava_hf` feeds the model: the tokenizer's BOS first, the image as is, one question at a time), "
+                  "and our metrics on its answers:\n\n" + lmms_table(ours, lmms_rows))
+    data = {"rows": rows, "blind_question_prior": blind, "lmms_eval": lmms_rows, "commands": commands,
+            "wall_seconds": seconds, "conversations": {"pictures": TRAIN_PICTURES, "image_size": IMAGE_SIZE}}
     path = write_results(args.results_file, table, data, seeds=[EVAL_SEED], threads=args.threads)
     print(f"\n{table}\n\nwritten to {path} ({sum(seconds.values()) / 60:.1f} min)")
 

@@ -151,12 +151,16 @@ def test_vqa_normalisation_in_compute(metrics):
         ["a dog"] * 4 + ["cat"] * 6,  # "Dog." -> "dog" and "a dog" -> "dog": 4 matches -> 1.0
         ["Yes"] + ["no"] * 9,  # 1 match -> 0.3
         ["red"] * 10,  # 0 matches -> 0.0
-        [""] * 5 + ["yes"] * 5,  # empty prediction -> 0.0 even against empty human answers
+        [""] * 5 + ["yes"] * 5,  # official: an empty prediction is 0.0 even against empty human answers
     ]
-    result = metrics["vqa_accuracy"].compute(predictions=predictions, references=references, return_per_question=True)
+    result = metrics["vqa_accuracy"].compute(predictions=predictions, references=references, return_per_question=True,
+                                             normalization="official")
     assert result["vqa_accuracy_per_question"] == pytest.approx([0.6, 0.9, 1.0, 0.3, 0.0, 0.0])
     # mean = (0.6 + 0.9 + 1.0 + 0.3 + 0 + 0) / 6 = 2.8 / 6 -> 46.67 %
     assert result["vqa_accuracy"] == pytest.approx(100 * 2.8 / 6)
+    # lmms-eval (the default) matches the empty prediction with the 5 empty answers -> 1.0
+    result = metrics["vqa_accuracy"].compute(predictions=predictions, references=references, return_per_question=True)
+    assert result["vqa_accuracy_per_question"] == pytest.approx([0.6, 0.9, 1.0, 0.3, 0.0, 1.0])
     assert set(metrics["vqa_accuracy"].compute(predictions=["2"], references=[["2"] * 10])) == {"vqa_accuracy"}
 
 
@@ -185,11 +189,32 @@ def test_vqa_answer_normalisation(metrics, raw, normalised):
     assert _module(metrics["vqa_accuracy"]).normalize_answer(raw) == normalised
 
 
+@pytest.mark.parametrize(
+    ("raw", "lmms_eval", "official"),
+    [
+        ("Yes.", "yes", "yes"),
+        ("yes,no", "yesno", "yes no"),  # lmms-eval deletes every "," and "?" first
+        ("red?blue", "redblue", "red blue"),
+        ("1,000-2", "1000 2", "10002"),  # so its comma-in-number rule never fires
+        ("the dog's bone", "dog 's bone", "dog's bone"),  # and it writes "'s" as " 's"
+        ("xxx" + "." * 40, "xxx" + "." * 8, "xxx"),  # vqaEval's 32-period cap, which lmms-eval keeps
+        ("Two", "2", "2"),
+        ("", "", ""),
+    ],
+)
+def test_vqa_the_two_normalisations(metrics, raw, lmms_eval, official):
+    module = _module(metrics["vqa_accuracy"])
+    assert module.normalize_answer_lmms_eval(raw) == lmms_eval
+    assert module.normalize_answer(raw) == official
+
+
 def test_vqa_invalid_inputs(metrics):
     with pytest.raises(ValueError, match="question 1: .*at least 2 human answers"):
         metrics["vqa_accuracy"].compute(predictions=["a", "b"], references=[["a", "a"], ["b"]])
     with pytest.raises(ValueError, match="Mismatch in the number of predictions"):
         metrics["vqa_accuracy"].compute(predictions=["a", "b"], references=[["a", "a"]])
+    with pytest.raises(ValueError, match="`normalization` must be one of .*'official'.*got 'vqaeval'"):
+        metrics["vqa_accuracy"].compute(predictions=["a"], references=[["a", "a"]], normalization="vqaeval")
 
 
 # --- GQA --------------------------------------------------------------------------------------------------------
@@ -261,8 +286,8 @@ def test_scienceqa_lenient_letter_and_text_formats(metrics):
 
 
 # lmms-eval's sqa_process_results: the (stripped) letter, or an upper-case letter and a period first.
-_SQA_STRICT_RIGHT = ["B", " B ", "B.", "B. a mammal", "B.mammal"]
-_SQA_STRICT_WRONG = ["b", "(B)", "B)", "[B]", "The answer is B.", "a mammal", "B a mammal", "b. a mammal", "A. a mammal",
+_SQA_STRICT_RIGHT = ["B", " B ", "B.", "B. a mammal", "B.mammal", "b"]  # lmms-eval 0.7 compares the letter lower-cased
+_SQA_STRICT_WRONG = ["(B)", "B)", "[B]", "The answer is B.", "a mammal", "B a mammal", "b. a mammal", "A. a mammal",
                      ""]  # fmt: skip
 
 
@@ -275,7 +300,7 @@ def test_scienceqa_strict_is_the_default_and_wants_the_letter(metrics):
     expected = [1] * len(_SQA_STRICT_RIGHT) + [0] * len(_SQA_STRICT_WRONG)
     assert dict(zip(predictions, result["scienceqa_accuracy_per_question"])) == dict(zip(predictions, expected))
     assert sqa.compute(predictions=predictions, references=[1] * n, choices=[_SQA_CHOICES] * n,
-                       parsing="strict") == {"scienceqa_accuracy": 100.0 * 5 / n}
+                       parsing="strict") == {"scienceqa_accuracy": 100.0 * len(_SQA_STRICT_RIGHT) / n}
     with pytest.raises(ValueError, match="`parsing` must be one of .*'lenient'.*got 'loose'"):
         sqa.compute(predictions=["B"], references=[1], choices=[_SQA_CHOICES], parsing="loose")
 

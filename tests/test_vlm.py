@@ -707,7 +707,9 @@ def test_script_rejects_bad_flag_combinations(tmp_path):
     with pytest.raises(ValueError, match="--train_benchmark conversations reads --train_questions_file"):
         script.DataArguments(train_benchmark="conversations")
     assert script.DataArguments().scoring == {"scienceqa": {"parsing": "strict"}, "mme": {"parsing": "official"},
-                                              "gqa": {"normalization": "lmms_eval"}}
+                                              "gqa": {"normalization": "lmms_eval"}, "vqa": {"normalization": "lmms_eval"}}
+    with pytest.raises(ValueError, match="--vqa_normalization must be one of"):
+        script.DataArguments(vqa_normalization="vqaeval")
     with pytest.raises(ValueError, match="--tiny_text_backbone brings its own chat template"):
         script.ModelArguments(vision_model_name_or_path="x", tiny_text_backbone=True, chat_template="{{ x }}")
     args = script.VLMTrainingArguments(output_dir=str(tmp_path), do_train=True)

@@ -189,6 +189,11 @@ class DataArguments:
         metadata={"help": f"One of {SCORING_OPTIONS['gqa'][1]}: lmms-eval's (case, all punctuation), LLaVA-1.5's "
                           "(trailing periods, case), or lenient (also articles and spaces)."},
     )
+    vqa_normalization: str = field(
+        default="lmms_eval",
+        metadata={"help": f"One of {SCORING_OPTIONS['vqa'][1]}: OK-VQA answers normalised as lmms-eval does (its "
+                          "EvalAI answer processor), or as the official vqaEval.py."},
+    )
     blind_baseline: bool = field(
         default=True,
         metadata={"help": "Also score a blind question-prior baseline (the most frequent training answer per "

@@ -78,6 +78,7 @@ SCORING_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "scienceqa": ("parsing", ("strict", "lenient")),
     "mme": ("parsing", ("official", "strict")),
     "gqa": ("normalization", ("lmms_eval", "llava", "lenient")),
+    "vqa": ("normalization", ("lmms_eval", "official")),
 }
 
 # Column titles of the results table, in the paper's order (Table 2).
@@ -363,12 +364,17 @@ def generate_answers(
     max_new_tokens: int = 16,
     image_aspect_ratio: str = "pad",
     desc: str = "generating answers",
+    add_special_tokens: bool = False,
 ) -> list[str]:
     """One answer per record, as lmms-eval asks and reads it: :func:`vqa_data.user_message` (`<image>\\n`, the question
     and the task's post-prompt) as the user turn of the LLM's chat template, greedy decoding of at most
     `max_new_tokens` (lmms-eval's 16), the text stripped of surrounding whitespace. A text-only record (no image, as
     in ScienceQA-FULL) is asked without one; a record whose image cannot be read gets the empty answer, which every
-    metric scores as wrong, so the question set stays the benchmark's."""
+    metric scores as wrong, so the question set stays the benchmark's.
+
+    The prompt is the chat template's text alone, as in training (`ConversationCollator`); `add_special_tokens=True`
+    also adds the tokenizer's own (e.g. a BOS), as lmms-eval's `llava_hf` does. With that, `image_aspect_ratio=
+    "square"` and `batch_size=1`, the answers are the ones `llava_hf` generates (`hive_hf.evaluation.lmms`)."""
     _check_aspect_ratio(image_aspect_ratio)
     _check_chat_template(processor.tokenizer)
     model.eval()
@@ -391,7 +397,7 @@ def generate_answers(
             pictures = [_prepare_image(images[i], processor.image_processor, image_aspect_ratio) for i in group
                         if images[i] is not None]
             inputs = processor(images=pictures or None, text=prompts, padding=True, padding_side="left",
-                               add_special_tokens=False, return_tensors="pt").to(device)
+                               add_special_tokens=add_special_tokens, return_tensors="pt").to(device)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
@@ -446,7 +452,8 @@ def score_predictions(
     """Score `predictions` (one per record) with each record's task metric (:data:`TASK_METRICS`).
 
     The metrics score as lmms-eval does by default; `scoring` passes options per task, e.g. `{"scienceqa": {"parsing":
-    "lenient"}, "mme": {"parsing": "strict"}, "gqa": {"normalization": "llava"}}`.
+    "lenient"}, "mme": {"parsing": "strict"}, "gqa": {"normalization": "llava"}, "vqa": {"normalization":
+    "official"}}`.
 
     Returns `{task: {"score": headline number, "num_questions": n, ...metric outputs}}` for the tasks present; MME's
     headline is perception + cognition, the others are accuracies in %.

@@ -7,7 +7,7 @@ with ``evaluate.load(metric_path(name))`` (or :func:`load_metric`):
 name                   definition                                                         result keys
 =====================  =================================================================  ==========================
 ``accuracy``           classification accuracy (fraction, like ``evaluate``'s accuracy)   ``accuracy``
-``vqa_accuracy``       VQAv2 / OK-VQA leave-one-out soft accuracy, official normalisation ``vqa_accuracy`` (%)
+``vqa_accuracy``       VQAv2 / OK-VQA soft accuracy, lmms-eval's (or vqaEval's) answers   ``vqa_accuracy`` (%)
 ``gqa_accuracy``       exact match after lmms-eval's normalisation (case, punctuation)    ``gqa_accuracy`` (%)
 ``scienceqa_accuracy`` the option letter, parsed as lmms-eval does (or ``"lenient"``)      ``scienceqa_accuracy`` (%)
 ``mme_score``          MME acc + acc+ per subtask (official answer parsing), totals        subtasks, ``total`` ...

@@ -4,9 +4,10 @@ Official definition (Lu et al., 2022, https://scienceqa.github.io): the percenta
 option is the correct one. ``parsing`` names how a generated answer is read:
 
 ``"strict"`` (the default) is lmms-eval's ``scienceqa`` task (``sqa_process_results``), which the HIVE authors ran:
-after stripping surrounding whitespace, a prediction is correct when it *is* the correct option letter (``"B"``), or
-starts with an upper-case letter followed by a period and that letter is the correct one (``"B. a mammal"``).
-Everything else is wrong: ``"b"``, ``"(B)"``, ``"B)"``, ``"The answer is B."``, the option text.
+after stripping surrounding whitespace, a prediction is correct when it *is* the correct option letter in either case
+(``"B"``, ``"b"``; lmms-eval 0.7 compares it lower-cased), or starts with an upper-case letter followed by a period
+and that letter is the correct one (``"B. a mammal"``). Everything else is wrong: ``"b. a mammal"``, ``"(B)"``,
+``"B)"``, ``"The answer is B."``, the option text.
 
 ``"lenient"`` extends the rule of the LLaVA ScienceQA evaluation (``llava/eval/eval_science_qa.py``, which accepts
 ``"B"``, ``"B. ..."`` and ``"The answer is B."``): a prediction is **correct** when (1) the option letter parsed
@@ -56,7 +57,8 @@ Args:
     predictions (`list` of `str`): model outputs, one per question; pass "" for a failed generation (wrong).
     references (`list` of `int`): index of the correct option in `choices` (0 = "A").
     choices (`list` of `list` of `str`): the option texts of each question, in the order the letters were assigned.
-    parsing (`str`, defaults to `"strict"`): `"strict"` (lmms-eval: the letter, or a letter and a period first) or
+    parsing (`str`, defaults to `"strict"`): `"strict"` (lmms-eval: the letter in either case, or an upper-case
+        letter and a period first) or
         `"lenient"` (letters in many formats, or the option text).
     return_per_question (`bool`, defaults to `False`): also return a 0/1 correctness flag per question.
 
@@ -69,7 +71,7 @@ Raises:
 
 Examples:
     >>> sqa = evaluate.load(metric_path("scienceqa_accuracy"))
-    >>> sqa.compute(predictions=["B", "A. fish", "b"], references=[1, 0, 1], choices=[["bird", "mammal"]] * 3)
+    >>> sqa.compute(predictions=["B", "A. fish", "(B)"], references=[1, 0, 1], choices=[["bird", "mammal"]] * 3)
     {'scienceqa_accuracy': 66.66666666666667}
     >>> sqa.compute(
     ...     predictions=["The answer is B.", "a fish"],
@@ -140,10 +142,11 @@ def _parse_letter(prediction: str) -> str | None:
 
 
 def is_correct_strict(prediction: str | None, reference: int) -> bool:
-    """lmms-eval's ``sqa_process_results``: the stripped prediction is the letter, or a letter and a period first."""
+    """lmms-eval's ``sqa_process_results``: the stripped prediction is the letter (either case), or an upper-case
+    letter and a period first."""
     prediction = (prediction or "").strip()
     target = OPTION_LETTERS[reference]
-    if prediction == target:
+    if prediction.lower() == target.lower():
         return True
     return len(prediction) >= 2 and prediction[0].isupper() and prediction[1] == "." and prediction[0] == target
 

@@ -25,7 +25,16 @@ Answer normalisation follows ``vqaEval.py`` (``processPunctuation`` then ``proce
   including its oddities such as ``"somebody'd" -> "somebodyd"``; the capitalised keys such as ``"Im"`` can never
   match lower-cased words, exactly as in the official script).
 
-Deliberate deviations from ``vqaEval.py`` (documented so numbers can be compared):
+Two normalisations (``normalization``), which agree on plain answers and differ on a few edge cases:
+
+``"lmms_eval"`` (the default) is lmms-eval's ``ok_vqa`` task (``ok_vqa_process_results``), which the HIVE authors
+ran: its ``EvalAIAnswerProcessor`` (MMF's copy of the EvalAI scorer) on the prediction and on every human answer, then
+the leave-one-out average. It runs the steps above after a tokenising step of its own: lower-case, delete every
+``,`` and ``?`` (so ``"yes,no"`` -> ``"yesno"`` where vqaEval gives ``"yes no"``, and the comma-in-number rule never
+fires: ``"1,000-2"`` -> ``"1000 2"``, vqaEval ``"10002"``) and write ``'s`` as `` 's`` (``"dog's"`` -> ``"dog 's"``);
+it keeps vqaEval's 32-period cap; and an empty prediction matches human answers that normalise to empty.
+
+``"official"`` is ``vqaEval.py`` with these deliberate deviations (documented so numbers can be compared):
 
 1. The official script normalises the prediction and the human answers only when the human answers are *not*
    unanimous, so e.g. ``"Yes"`` scores 0 against ten ``"yes"``. Here both sides are always normalised (VLM
@@ -35,8 +44,9 @@ Deliberate deviations from ``vqaEval.py`` (documented so numbers can be compared
 2. The official period removal passes ``re.UNICODE`` as the ``count`` argument of ``re.sub``, which caps it at 32
    periods; we remove all of them.
 3. An empty (or whitespace/punctuation-only) prediction always scores 0, even if a human answer is also empty.
-4. Questions with fewer than two human answers raise a ``ValueError`` (leave-one-out over a single annotator would
-   silently score 0). An empty input list also raises a ``ValueError`` rather than returning a score.
+
+With either normalisation, questions with fewer than two human answers raise a ``ValueError`` (leave-one-out over a
+single annotator would silently score 0), and an empty input list too rather than returning a score.
 
 The script is self-contained (only the standard library, ``datasets`` and ``evaluate``) because ``evaluate.load``
 copies this single file into its module cache.
@@ -61,6 +71,8 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list` of `str`): one free-form answer per question; pass "" for a failed generation (scores 0).
     references (`list` of `list` of `str`): the human answers of each question (usually 10; at least 2).
+    normalization (`str`, defaults to `"lmms_eval"`): `"lmms_eval"` (lmms-eval's EvalAI answer processor) or
+        `"official"` (vqaEval.py's, periods all removed, an empty prediction always 0).
     return_per_question (`bool`, defaults to `False`): also return the score of every question, as fractions in
         [0, 1] (0, 0.3, 0.6, 0.9 or 1.0 with ten answers), in input order.
 
@@ -145,12 +157,16 @@ PUNCTUATION: tuple[str, ...] = (
 # pattern deletes every period that is not followed by a digit.
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+# vqaEval.py passes re.UNICODE (32) as `count`: at most 32 periods go; lmms-eval keeps that, "official" here does not.
+_PERIOD_CAP = 32
+NORMALIZATIONS: tuple[str, ...] = ("lmms_eval", "official")
 
 NUM_MATCHES_FOR_FULL_CREDIT = 3
 
 
-def process_punctuation(text: str) -> str:
-    """``VQAEval.processPunctuation``: delete or space out punctuation, honouring the comma-in-number rule."""
+def process_punctuation(text: str, period_cap: int = 0) -> str:
+    """``VQAEval.processPunctuation``: delete or space out punctuation, honouring the comma-in-number rule; at most
+    `period_cap` periods are deleted (0: all)."""
     out = text
     number_comma = _COMMA_STRIP.search(text) is not None
     for p in PUNCTUATION:
@@ -159,7 +175,7 @@ def process_punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out)
+    return _PERIOD_STRIP.sub("", out, count=period_cap)
 
 
 def process_digit_article(text: str) -> str:
@@ -181,17 +197,33 @@ def normalize_answer(text: str | None) -> str:
     return process_digit_article(process_punctuation(text))
 
 
-def question_accuracy(prediction: str | None, answers: Sequence[str]) -> float:
+@lru_cache(maxsize=1 << 16)
+def normalize_answer_lmms_eval(text: str | None) -> str:
+    """lmms-eval's ``EvalAIAnswerProcessor``: lower-case, delete ``,`` and ``?``, ``'s`` -> `` 's``, then the steps
+    of :func:`normalize_answer` with vqaEval's 32-period cap."""
+    if text is None:
+        return ""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(text, period_cap=_PERIOD_CAP))
+
+
+def question_accuracy(prediction: str | None, answers: Sequence[str], normalization: str = "lmms_eval") -> float:
     """Leave-one-out VQA accuracy of one prediction against its human answers, in ``[0, 1]``."""
     if len(answers) < 2:
         raise ValueError(
             f"vqa_accuracy needs at least 2 human answers per question for the leave-one-out average, got "
             f"{len(answers)}: {list(answers)!r}. Use gqa_accuracy (exact match) for single-answer datasets."
         )
-    pred = normalize_answer(prediction)
-    if not pred:
-        return 0.0
-    hits = [normalize_answer(answer) == pred for answer in answers]
+    if normalization == "official":
+        normalize = normalize_answer
+        pred = normalize(prediction)
+        if not pred:
+            return 0.0
+    else:  # lmms-eval scores an empty prediction like any other
+        normalize = normalize_answer_lmms_eval
+        pred = normalize(prediction or "")
+    hits = [normalize(answer) == pred for answer in answers]
     total = sum(hits)
     # Leaving annotator j out removes one match exactly when annotator j's answer matched.
     return sum(min((total - hit) / NUM_MATCHES_FOR_FULL_CREDIT, 1.0) for hit in hits) / len(hits)
@@ -234,13 +266,16 @@ class VqaAccuracy(evaluate.Metric):
         self,
         predictions: Sequence[str | None],
         references: Sequence[Sequence[str]],
+        normalization: str = "lmms_eval",
         return_per_question: bool = False,
     ) -> dict[str, float | list[float]]:
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"vqa_accuracy: `normalization` must be one of {NORMALIZATIONS}, got {normalization!r}.")
         n = _check_inputs("vqa_accuracy", predictions=predictions, references=references)
         scores = []
         for i, (prediction, answers) in enumerate(zip(predictions, references)):
             try:
-                scores.append(question_accuracy(prediction, answers))
+                scores.append(question_accuracy(prediction, answers, normalization))
             except ValueError as err:
                 raise ValueError(f"question {i}: {err}") from None
         result: dict[str, float | list[float]] = {"vqa_accuracy": 100.0 * sum(scores) / n}
