@@ -217,25 +217,32 @@ def load_caption_dataset(
     # map/rename/take is chained, so a rename done before the cast would still decode (and crash on) bad images.
     dataset = _cast_image(dataset, image_key)
 
-    if max_samples is not None:
-        # Truncate early: the caption extraction below then touches at most max_samples rows.
-        if isinstance(dataset, datasets.IterableDataset):
-            dataset = dataset.take(max_samples)
-        elif max_samples < len(dataset):
-            dataset = dataset.select(range(max_samples))
-
+    # Truncate early: the caption extraction below then touches at most max_samples rows.
+    dataset = _first_rows(dataset, max_samples)
     dataset, caption_key, columns = _select_caption_field(dataset, source, caption_key, columns, features)
+    return _canonical_columns(dataset, source, image_key, caption_key, columns)
 
-    # Rename to the canonical names, dropping any *other* column that already carries one of them (e.g. the user
-    # picked --image_column image_hr while an "image" thumbnail column exists).
+
+def _first_rows(dataset: datasets.Dataset | datasets.IterableDataset,
+                max_samples: int | None) -> datasets.Dataset | datasets.IterableDataset:
+    """The first `max_samples` rows (all of them for None)."""
+    if max_samples is None:
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.take(max_samples)
+    return dataset.select(range(max_samples)) if max_samples < len(dataset) else dataset
+
+
+def _canonical_columns(dataset: datasets.Dataset | datasets.IterableDataset, source: str, image_key: str,
+                       caption_key: str, columns: list[str]) -> datasets.Dataset | datasets.IterableDataset:
+    """Rename the image and caption columns to `image` and `caption`, dropping any *other* column that already carries
+    one of those names (e.g. the user picked --image_column image_hr while an "image" thumbnail column exists)."""
     clashes = [name for name in (IMAGE_COLUMN, CAPTION_COLUMN) if name in columns and name not in (image_key, caption_key)]
     if clashes:
         logger.info("Dropping column(s) %s of %r, replaced by the selected image/caption columns.", clashes, source)
         dataset = dataset.remove_columns(clashes)
     renames = {key: name for key, name in ((image_key, IMAGE_COLUMN), (caption_key, CAPTION_COLUMN)) if key != name}
-    if renames:
-        dataset = dataset.rename_columns(renames)
-    return dataset
+    return dataset.rename_columns(renames) if renames else dataset
 
 
 def _load_synthetic(

@@ -206,11 +206,19 @@ def release_run(
     if api is not None:
         _create_repos(api, repos, private, revision)
 
+    dry_dir = Path(dry_run_dir or run_dir / "release") if dry_run else None
+    return _release_stages(run_dir, stages, repos, options, api, dry_dir, revision, commit_message)
+
+
+def _release_stages(run_dir: Path, stages: dict[int, Path], repos: dict[str, str], options: CardOptions,
+                    api: HfApi | None, dry_dir: Path | None, revision: str | None,
+                    commit_message: str | None) -> list[ReleaseCommit]:
+    """Write each finished stage's folders (one per repository) and, with an `api`, push each as one commit tagged
+    `stage<k>`, in stage order; without one, keep the folders under `dry_dir`."""
     commits: list[ReleaseCommit] = []
     records: list[StageRecord] = []
-    dry_dir = Path(dry_run_dir or run_dir / "release") if dry_run else None
     with _work_dir(dry_dir) as work, tqdm(total=len(stages) * len(repos), desc="HIVE release",
-                                          unit="folder" if dry_run else "commit") as progress:
+                                          unit="folder" if api is None else "commit") as progress:
         for stage, stage_dir in stages.items():
             records.append(stage_record_from_folder(stage_dir, stage))
             tag = stage_tag(stage)
