@@ -2,7 +2,7 @@
 `run_pretrain.py --dataset <folder> --streaming True` (see `hive_hf.data.shards` for how many shards to write).
 
     # the embedded captioned shapes, 4096 rows in 16 shards (offline)
-    python -m hive_hf.cli.write_shards synthetic data/shapes-shards --max_samples 4096 --num_shards 16
+    python -m hive_hf.cli.write_shards synthetic outputs/shapes-shards --max_samples 4096 --num_shards 16
     # an image folder with metadata.jsonl, 1000 rows a shard, shuffled
     python -m hive_hf.cli.write_shards /data/pictures data/pictures-shards --caption_column text \\
         --samples_per_shard 1000 --shuffle_seed 0
