@@ -16,7 +16,7 @@ baseline (README, "VLM fine-tuning").
 6. writes the tables to --results_file (and the numbers to a .json beside it), which the README quotes.
 
     python examples/run_pretrain.py examples/configs/demo.json    # outputs/demo, once (under a minute)
-    python benchmarks/vlm_demo.py --threads 1                     # about 8 minutes on one CPU thread
+    python benchmarks/vlm_demo.py --threads 1                     # about 7.5 minutes on one CPU thread
 
 A run folder that already holds finished stages resumes from them (the fine-tuning script skips them); use a new
 --output_dir for a fresh measurement.

@@ -11,13 +11,15 @@ One command:
      splits, same probe seeds, the same encoder layer for all: the HIVE run's deepest tapped layer),
   4. measures the gradient reaching each encoder layer at the start of stage 3 (HIVE vs SA) over several batches of
      held-out images, for every seed, and draws HIVE's cross-attention maps (first seed),
-  5. writes `results.md` / `results.json` and the figures into --output_dir, and the summary table to
-     --results_file (committed as `results/reproduce_small.md`; the README quotes it).
+  5. writes `results.md` / `results.json` and the figures into --output_dir, and the summary table with its
+     provenance to --results_file (by default `<output_dir>/summary.md`).
 
     python examples/reproduce_small.py --output_dir outputs/reproduce_small
+    python examples/reproduce_small.py --results_file results/reproduce_small.md    # the file the README quotes
 
 Every number is `mean ± std` over pre-training seeds (for `base`, over probe seeds); a HIVE-vs-SA difference is
-called a finding only where it exceeds the sum of the two spreads. The tiny scale is far from the paper's (a 64-wide,
+called a finding only where it exceeds the sum of the two spreads, so with one pre-training seed, which has no
+spread, nothing is. The tiny scale is far from the paper's (a 64-wide,
 4-layer encoder and LLM, 32-px synthetic images).
 """
 
@@ -31,6 +33,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from hive_hf.cli.parsing import CommandParser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,32 +52,42 @@ def pretrain(run_dir: Path, fusion: str, backbones: Path, seed: int, threads: in
     return run_dir
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation; one value has no spread (None)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def cell(values: list[float], digits: int = 2) -> str:
     mean, std = mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def compare(name: str, hive: list[float], sa: list[float], higher_is_better: bool, digits: int = 3) -> str:
-    """One sentence: the HIVE-vs-SA difference of `name`, and whether it exceeds the two runs' spreads."""
+def compare(name: str, hive: list[float], sa: list[float], higher_is_better: bool, digits: int = 3,
+            seeds: int = 2) -> str:
+    """One sentence: the HIVE-vs-SA difference of `name`, and whether it exceeds the two runs' spreads. With fewer
+    than 2 pre-training `seeds` there is no spread over seeds to tell a difference from, so nothing is a finding."""
     (mh, sh), (ms, ss) = mean_std(hive), mean_std(sa)
     better = "HIVE" if (mh > ms) == higher_is_better else "SA"
-    verdict = ("exceeds the spread (a finding at this scale)" if abs(mh - ms) > sh + ss
-               else "is within the spread (no finding)")
-    return (f"- {name}: HIVE {mh:.{digits}f} ± {sh:.{digits}f} vs SA {ms:.{digits}f} ± {ss:.{digits}f}; "
+    if seeds < 2 or sh is None or ss is None:
+        verdict = "cannot be told from the run-to-run spread with one pre-training seed (no finding)"
+    elif abs(mh - ms) > sh + ss:
+        verdict = "exceeds the spread (a finding at this scale)"
+    else:
+        verdict = "is within the spread (no finding)"
+    return (f"- {name}: HIVE {cell(hive, digits)} vs SA {cell(sa, digits)}; "
             f"{better} is ahead by {abs(mh - ms):.{digits}f}, which {verdict}.")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/reproduce_small")
-    parser.add_argument("--results_file", default="results/reproduce_small.md",
-                        help="The summary table with its provenance (and a .json beside it); the README quotes it.")
+    parser.add_argument("--results_file", default=None,
+                        help="The summary table with its provenance (and a .json beside it); default: "
+                             "<output_dir>/summary.md. results/reproduce_small.md regenerates the file the README "
+                             "quotes.")
     parser.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="One full HIVE and SA pre-training per seed.")
+                        help="One full HIVE and SA pre-training per seed; 2 or more give a spread to judge "
+                             "differences by.")
     parser.add_argument("--probe_seeds", type=int, nargs="+", default=[0, 1, 2], help="Probe seeds per encoder.")
     parser.add_argument("--backbone_seed", type=int, default=0, help="Seed of the tiny backbones both runs share.")
     parser.add_argument("--probe_epochs", type=int, default=30)
@@ -86,6 +100,10 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    results_file = args.results_file or str(out / "summary.md")
+    if len(args.pretrain_seeds) < 2:
+        print(f"One pre-training seed ({args.pretrain_seeds[0]}): the differences have no spread to be judged by, "
+              "so none is called a finding; give 2 or more --pretrain_seeds for that.", flush=True)
 
     import torch
 
@@ -173,20 +191,21 @@ def main() -> None:
     hive, sa = summaries[fusions["joint"]], summaries[fusions["concat"]]
     layer_1 = {f: [fl.hidden_grad_norms[0] for fl in v] for f, v in flows.items()}
     layer_1_rel = {f: [fl.relative(fl.hidden_grad_norms)[0] for fl in v] for f, v in flows.items()}
+    seeds = len(args.pretrain_seeds)
     findings = [
         compare(f"{label}, accuracy (%)", probe_values(label, fusions["joint"]), probe_values(label, fusions["concat"]),
-                higher_is_better=True, digits=2)
+                higher_is_better=True, digits=2, seeds=seeds)
         for label in probes
     ] + [
         compare("final stage-3 loss", losses("joint", 3, "last_loss"), losses("concat", 3, "last_loss"),
-                higher_is_better=False),
+                higher_is_better=False, seeds=seeds),
         compare("gradient norm at encoder layer 1 (absolute)", layer_1["joint"], layer_1["concat"],
-                higher_is_better=True, digits=4),
+                higher_is_better=True, digits=4, seeds=seeds),
         compare("gradient at layer 1 relative to the deepest tap", layer_1_rel["joint"], layer_1_rel["concat"],
-                higher_is_better=True, digits=2),
+                higher_is_better=True, digits=2, seeds=seeds),
         compare("gradient's spread over the patches at layer 1 (normalised entropy, lower = more localized)",
                 [fl.patch_entropy()[0] for fl in flows["joint"]], [fl.patch_entropy()[0] for fl in flows["concat"]],
-                higher_is_better=False, digits=3),
+                higher_is_better=False, digits=3, seeds=seeds),
     ]
     seeds_text = " ".join(map(str, args.pretrain_seeds))
     table = "\n".join([
@@ -208,11 +227,11 @@ def main() -> None:
         "findings": findings,
         "wall_seconds": wall,
     }
-    write_results(args.results_file, table, data, seeds=args.pretrain_seeds, threads=args.threads)
+    write_results(results_file, table, data, seeds=args.pretrain_seeds, threads=args.threads)
     (out / "results.md").write_text(f"# Small-scale reproduction\n\n{table}\n\nWall time: {wall / 60:.1f} min.\n")
     (out / "results.json").write_text(json.dumps(data, indent=2, default=str))
     print("\n" + table)
-    print(f"\nwall time {wall / 60:.1f} min; written to {out} and {args.results_file}")
+    print(f"\nwall time {wall / 60:.1f} min; written to {out} and {results_file}")
 
 
 if __name__ == "__main__":

@@ -33,3 +33,14 @@ def pytest_collectstart(collector):
             return  # error, reported as that module's collection error while the rest of the suite runs
         for name in sorted(names):
             collector.config.addinivalue_line("markers", f"{name}: used by transformers' own tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The README's commands (`tests/test_readme_commands.py`, about 35 minutes) run only when `-m` names their
+    marker, as CI's own step: `python -m pytest -m readme_commands tests/test_readme_commands.py`."""
+    if "readme_commands" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="the README's commands run only with -m readme_commands (about 35 minutes)")
+    for item in items:
+        if "readme_commands" in item.keywords:
+            item.add_marker(skip)

@@ -19,7 +19,7 @@ from ..analysis.attention_maps import (
     summary_table,
     text_to_image_attention,
 )
-from .parsing import CommandParser
+from .parsing import CommandParser, user_errors
 
 
 def main(argv: list[str] | None = None) -> AttentionMaps:
@@ -34,9 +34,12 @@ def main(argv: list[str] | None = None) -> AttentionMaps:
     parser.add_argument("--output", default="outputs/attention_maps.png", help="Where the PNG grid goes.")
     parser.add_argument("--json", default=None, help="Also write the per-layer summary to this JSON file.")
     args = parser.parse_args(argv)
+    if not Path(args.checkpoint).is_dir():
+        parser.error(f"{args.checkpoint}: no such checkpoint folder")
 
     # attention weights are computed by eager attention only (sdpa returns none)
-    model, processor = load_checkpoint(args.checkpoint, "eager")
+    with user_errors(parser.prog):  # a missing or wrong checkpoint
+        model, processor = load_checkpoint(args.checkpoint, "eager")
     fusion = model.config.fusion
     image, default_caption = load_image(args.image, 4 * model.config.vision_config.image_size)
     caption = args.caption or default_caption

@@ -23,13 +23,13 @@ from ..analysis.gradient_flow import (
     summary_table,
 )
 from ..data import make_shapes_dataset
-from .parsing import CommandParser
+from .parsing import CommandParser, user_errors
 
 
 def main(argv: list[str] | None = None) -> dict[str, GradientFlow]:
     parser = CommandParser(prog="python -m hive_hf.cli.gradient_flow", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hive", required=True, help="A HIVE checkpoint (joint or gated fusion).")
-    parser.add_argument("--baseline", required=True, help="The SA baseline checkpoint (concat fusion).")
+    parser.add_argument("--hive", required=True, help="A HIVE checkpoint folder (joint or gated fusion).")
+    parser.add_argument("--baseline", required=True, help="The SA baseline checkpoint folder (concat fusion).")
     parser.add_argument("--image", default=None, help="An image file; default: a synthetic-shapes picture.")
     parser.add_argument("--caption", default=None, help="Its caption; default: the synthetic picture's.")
     parser.add_argument("--output", default="outputs/gradient_flow.png", help="Where the PNG grid goes.")
@@ -40,11 +40,15 @@ def main(argv: list[str] | None = None) -> dict[str, GradientFlow]:
     parser.add_argument("--batch_size", type=int, default=16, help="Images per batch with --batches.")
     parser.add_argument("--seed", type=int, default=1234, help="Seed of the synthetic batches (held-out data).")
     args = parser.parse_args(argv)
+    for flag, folder in (("--hive", args.hive), ("--baseline", args.baseline)):
+        if not Path(folder).is_dir():
+            parser.error(f"{flag} {folder}: no such checkpoint folder")
 
     flows: dict[str, GradientFlow] = {}
     images: dict[str, np.ndarray] = {}
     for name, ckpt in ((None, args.hive), ("SA (concat)", args.baseline)):
-        model, processor = load_checkpoint(ckpt)
+        with user_errors(parser.prog, {"hive": "--hive", "baseline": "--baseline"}):  # a missing or wrong checkpoint
+            model, processor = load_checkpoint(ckpt)
         image, default_caption = load_image(args.image, 4 * model.config.vision_config.image_size)
         caption = args.caption or default_caption
         if caption is None:

@@ -15,12 +15,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..release.cards import REPO_LABELS
 from ..release.errors import ReleaseError
 from ..release.hub import ReleaseCommit, release_run
-from .parsing import setup_logging
+from .parsing import CommandParser, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hive-release", allow_abbrev=False,
+    parser = CommandParser(
+        prog="hive-release",
         description="Publish a HIVE pre-training run (the --output_dir of examples/run_pretrain.py) to the Hugging "
                     "Face Hub: the full model, the encoder (remote code) and optionally the encoder in stock "
                     "transformers format, each with a model card and one commit per finished stage, tagged "

@@ -198,8 +198,15 @@ def release_run(
         results=find_results(run_dir, results_files),
         template_dir=template_dir,
     )
-    for part, name in (("vision", options.vision_base_model), ("text", options.text_base_model)):
-        if name is None:
+    stand_ins = RunLayout(run_dir).backbones_dir.resolve()
+    for part, name, config in (("vision", options.vision_base_model, last_config.vision_config),
+                               ("text", options.text_base_model, last_config.text_config)):
+        if name is not None:
+            continue
+        # the tiny stand-ins a demo run writes for itself have no Hub id to name: nothing to fix, so no warning
+        if Path(config._name_or_path or "").resolve().is_relative_to(stand_ins):
+            logger.info(f"The {part} backbone is the run's tiny stand-in: the cards name no {part} base model.")
+        else:
             logger.warning(f"The {part} backbone is a local checkpoint: the cards name no {part} base model (pass "
                            f"--{part}_base_model with its Hub id).")
 

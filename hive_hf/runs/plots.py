@@ -27,7 +27,7 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping]], path: str | Pat
     ax.set_ylabel("training loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if len(histories) > 1:
+    if len(histories) > 1 and ax.get_legend_handles_labels()[0]:  # a legend needs a drawn curve
         ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -133,6 +133,12 @@ class StagedTrainingArguments(TrainingArguments):
     lora_alpha: int = field(default=32, metadata={"help": "Stage 2 LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Stage 2 LoRA dropout."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Both recipes decay with a cosine."})
+    # transformers' 500 steps never log in a short stage, whose loss would then read "x -> x" (the final average)
+    logging_steps: float = field(
+        default=0.02,
+        metadata={"help": "Log the loss every this many steps, or every this fraction of a stage's steps when below "
+                          "1 (default: 0.02, 50 times a stage)."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "The collator needs the raw columns."})
 
     def __post_init__(self):

@@ -77,7 +77,7 @@ class StagedRun:
         """One stage: skipped if it finished before, resumed from its last complete checkpoint if interrupted."""
         stage_dir = self.layout.stage_dir(stage)
         if self.layout.finished(stage):
-            logger.warning(f"stage {stage} already finished ({self.layout.marker_path(stage)}); skipping it")
+            logger.info(f"stage {stage} already finished ({self.layout.marker_path(stage)}); skipping it")
             return self.layout.read_marker(stage)
 
         model = AutoModelForImageTextToText.from_pretrained(start_dir, **self.model_kwargs)
