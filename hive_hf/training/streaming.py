@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,17 @@ def streamed_dataloader(dataset: datasets.IterableDataset, batch_size: int, coll
     (workers, pinning, prefetch; batches in worker order, so the order is the same on every run)."""
     dataset = split_stream(dataset, args.process_index, args.world_size, args.dataloader_num_workers)
     workers = args.dataloader_num_workers
-    return StatefulDataLoader(
-        dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=workers,
-        pin_memory=args.dataloader_pin_memory, drop_last=args.dataloader_drop_last,
-        persistent_workers=args.dataloader_persistent_workers and workers > 0,
-        prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
-        multiprocessing_context=args.dataloader_multiprocessing_context if workers > 0 else None,
-        in_order=True,
-    )
+    with warnings.catch_warnings():
+        # torchdata's constructor calls torch.set_vital, which torch deprecated; nothing of ours to change.
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+        return StatefulDataLoader(
+            dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=workers,
+            pin_memory=args.dataloader_pin_memory, drop_last=args.dataloader_drop_last,
+            persistent_workers=args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
+            multiprocessing_context=args.dataloader_multiprocessing_context if workers > 0 else None,
+            in_order=True,
+        )
 
 
 def data_state_path(checkpoint: str | Path, process_index: int) -> Path:
