@@ -367,3 +367,29 @@ def test_resume_passes_over_a_checkpoint_cut_off_while_saving(tmp_path):
             (folder / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-x").mkdir()
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+
+
+def test_checkpoints_saved_within_a_second_rotate_in_step_order_without_a_filesystem_warning(tmp_path):
+    """`Trainer` rotates checkpoints by mtime and, when they are under a second apart (a fast run), blames the
+    filesystem in a warning before falling back to step order. That order is right; our trainer drops the warning."""
+    import logging as pylogging
+
+    from transformers.trainer_utils import sort_checkpoints
+    from transformers.utils import logging as hf_logging
+
+    import hive_hf.training.trainer  # noqa: F401  (installs the filter)
+
+    for step in (20, 10, 30):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    records: list[pylogging.LogRecord] = []
+    handler = pylogging.Handler()
+    handler.emit = records.append
+    utils_logger = hf_logging.get_logger("transformers.trainer_utils")
+    utils_logger.addHandler(handler)
+    pylogging.Logger.warning_once.cache_clear()  # the warning is emitted once per process: make this call emit it
+    try:
+        ordered = sort_checkpoints(str(tmp_path), use_mtime=True)
+    finally:
+        utils_logger.removeHandler(handler)
+    assert [p.rsplit("-", 1)[1] for p in ordered] == ["10", "20", "30"]
+    assert not [r for r in records if "mtime" in r.getMessage()]

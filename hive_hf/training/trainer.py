@@ -8,6 +8,7 @@ loop (applying and guarding the stage, saving the data position) is a callback.
 
 from __future__ import annotations
 
+import logging as pylogging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,19 @@ from .callback import HiveStageCallback, SkippedImagesCallback
 from .streaming import DataStateCallback, is_stream, load_data_state, streamed_dataloader
 
 logger = logging.get_logger(__name__)
+
+
+class _MtimeFallbackFilter(pylogging.Filter):
+    """Drops transformers' "mtime may not be reliable on this filesystem" warning. `Trainer` orders checkpoints by
+    modification time and, when the oldest and newest are less than a second apart, says the filesystem is to blame
+    and orders them by step. Runs that save every few seconds (the demo, the streamed example) meet this on any
+    filesystem, and the step order it falls back to is the right one: the warning tells a user nothing true."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return "mtime may not be reliable" not in record.getMessage()
+
+
+logging.get_logger("transformers.trainer_utils").addFilter(_MtimeFallbackFilter())
 
 
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
