@@ -99,8 +99,11 @@ def main() -> None:
                         help="Extra run_pretrain.py flags for every run (e.g. --stage_max_steps 20 20 20); last.")
     args = parser.parse_args()
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results_file = args.results_file or str(out / "summary.md")
+    if Path(results_file).with_suffix(".md").resolve() == (out / "results.md").resolve():
+        parser.error(f"--results_file {results_file}: the full report goes to {out / 'results.md'} (and .json); "
+                     "give another path, e.g. the default <output_dir>/summary.md")
+    out.mkdir(parents=True, exist_ok=True)
     if len(args.pretrain_seeds) < 2:
         print(f"One pre-training seed ({args.pretrain_seeds[0]}): the differences have no spread to be judged by, "
               "so none is called a finding; give 2 or more --pretrain_seeds for that.", flush=True)

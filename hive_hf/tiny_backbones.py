@@ -83,9 +83,11 @@ def write_tiny_backbones(
     vision_pretrain_steps: int = 0,
     chat_template: bool = False,
     lowercase: bool = True,
+    show_progress: bool = True,
 ) -> tuple[str, str]:
     """Write `folder/vision` (SiglipVisionModel + image processor) and `folder/text` (LlamaForCausalLM +
-    tokenizer); returns their paths. Deterministic for a given seed.
+    tokenizer); returns their paths. Deterministic for a given seed. `show_progress=False` hides the pre-training
+    progress bars (the scripts pass `not --disable_tqdm`).
 
     HIVE starts from a pretrained LLM and a pretrained vision tower. `text_pretrain_steps` > 0 first trains the
     tiny LLM on `texts` alone (no images); `vision_pretrain_steps` > 0 trains the tiny tower SigLIP-style (sigmoid
@@ -111,12 +113,13 @@ def write_tiny_backbones(
     if vision_pretrain_steps > 0:
         if images is None or len(images) != len(texts):
             raise ValueError("`vision_pretrain_steps` needs `images`, one per text.")
-        _pretrain_vision(vision, image_processor, tokenizer, list(images), texts, vision_pretrain_steps, seed)
+        _pretrain_vision(vision, image_processor, tokenizer, list(images), texts, vision_pretrain_steps, seed,
+                         show_progress=show_progress)
     vision.save_pretrained(folder / "vision")
     image_processor.save_pretrained(folder / "vision")
     llm = LlamaForCausalLM(text_config)
     if text_pretrain_steps > 0:
-        _pretrain_text(llm, tokenizer, texts, text_pretrain_steps, seed)
+        _pretrain_text(llm, tokenizer, texts, text_pretrain_steps, seed, show_progress=show_progress)
     llm.save_pretrained(folder / "text")
     tokenizer.save_pretrained(folder / "text")
     return str(folder / "vision"), str(folder / "text")
@@ -143,14 +146,15 @@ def _step(params: list[torch.nn.Parameter], optimizer, scheduler, max_grad_norm:
     optimizer.zero_grad()
 
 
-def _pretrain_text(llm: LlamaForCausalLM, tokenizer, texts: list[str], steps: int, seed: int, batch_size: int = 32):
+def _pretrain_text(llm: LlamaForCausalLM, tokenizer, texts: list[str], steps: int, seed: int, batch_size: int = 32,
+                   show_progress: bool = True):
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(seed)
     params = list(llm.parameters())
     optimizer, scheduler = _optimizer(params, 3e-3, steps)
     llm.train()
-    for _ in tqdm(range(steps), desc="pre-training the tiny LLM on text", leave=False):
+    for _ in tqdm(range(steps), desc="pre-training the tiny LLM on text", leave=False, disable=not show_progress):
         rows = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
         batch = tokenizer([texts[i] + tokenizer.eos_token for i in rows], padding=True, return_tensors="pt")
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -160,7 +164,7 @@ def _pretrain_text(llm: LlamaForCausalLM, tokenizer, texts: list[str], steps: in
 
 
 def _pretrain_vision(vision: SiglipVisionModel, image_processor, tokenizer, images: list, texts: list[str],
-                     steps: int, seed: int, batch_size: int = 64):
+                     steps: int, seed: int, batch_size: int = 64, show_progress: bool = True):
     """A miniature SigLIP pre-training: pooled image embedding vs mean word embedding, sigmoid pairwise loss."""
     from tqdm.auto import tqdm
 
@@ -172,7 +176,8 @@ def _pretrain_vision(vision: SiglipVisionModel, image_processor, tokenizer, imag
     generator = torch.Generator().manual_seed(seed)
     token_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     vision.train()
-    for _ in tqdm(range(steps), desc="pre-training the tiny vision tower (SigLIP loss)", leave=False):
+    for _ in tqdm(range(steps), desc="pre-training the tiny vision tower (SigLIP loss)", leave=False,
+                  disable=not show_progress):
         rows = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
         pixels = image_processor(images=[images[i] for i in rows], return_tensors="pt")["pixel_values"]
         flat = torch.tensor([t for i in rows for t in token_ids[i]])

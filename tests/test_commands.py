@@ -61,3 +61,12 @@ def test_loss_curves_without_a_logged_loss_draw_without_warnings(tmp_path):
     assert (tmp_path / "curves.png").is_file()
 
 
+
+
+@pytest.mark.parametrize("results_file", ["results.md", "results.json"])
+def test_reproduce_small_refuses_a_results_file_that_is_its_own_report(results_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    message = user_error("reproduce_small", ["--output_dir", str(out), "--results_file", str(out / results_file)],
+                         monkeypatch, capsys)
+    assert message.startswith(f"--results_file {out / results_file}: the full report goes to"), message
+    assert not out.exists(), "nothing written before the mistake is reported"

@@ -50,6 +50,7 @@ def test_three_stages_end_to_end(tmp_path):
     proc = run([DEMO, "--output_dir", out, *FAST, "--stage_max_steps", "4", "4", "4", "--save_steps", "2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "HIVE pre-training finished" in proc.stdout
+    assert "pre-training the tiny" not in proc.stderr, "--disable_tqdm hides the tiny backbones' bars too"
     assert (out / "loss_curves.png").stat().st_size > 1000
     for stage in (1, 2, 3):
         folder = out / f"stage{stage}"

@@ -239,7 +239,7 @@ def build_start(model_args: ModelArguments, data_args: DataArguments, args: Hive
             vision_path, text_path = write_tiny_backbones(
                 layout.backbones_dir, [c for _, c in rows], images=[i for i, _ in rows], seed=args.seed,
                 text_pretrain_steps=model_args.tiny_text_pretrain_steps,
-                vision_pretrain_steps=model_args.tiny_vision_pretrain_steps,
+                vision_pretrain_steps=model_args.tiny_vision_pretrain_steps, show_progress=not args.disable_tqdm,
             )
         else:
             vision_path, text_path = model_args.vision_model_name_or_path, model_args.text_model_name_or_path

@@ -318,6 +318,7 @@ def build_start(model_args: ModelArguments, data_args: DataArguments, args: VLMT
                 layout.backbones_dir, training_texts(train), hidden_size=model_args.tiny_text_hidden_size,
                 num_layers=model_args.tiny_text_layers, seed=args.seed,
                 text_pretrain_steps=model_args.tiny_text_pretrain_steps, chat_template=True, lowercase=False,
+                show_progress=not args.disable_tqdm,
             )
         set_seed(args.seed)  # the projector's initialisation
         return build_llava(
