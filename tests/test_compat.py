@@ -1,6 +1,7 @@
 """Behaviour that must hold on every supported transformers release (`bash .ci/compat <version>` runs this file with
 the model, processor and remote-code tests against any one release)."""
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -60,11 +61,19 @@ def test_a_cache_passed_under_either_name_is_used(name):
         full = model(**inputs).logits
         prefix = {k: v[:, :-1] if k != "pixel_values" else v for k, v in inputs.items()}
         first = model(**prefix, use_cache=True)
-        step = model(input_ids=inputs["input_ids"][:, -1:], attention_mask=inputs["attention_mask"],
-                     image_key_values=first.image_key_values, use_cache=True, **{name: getattr(first, CACHE_NAME)})
+        with _deprecated_name_warns(name == "past_key_values"):
+            step = model(input_ids=inputs["input_ids"][:, -1:], attention_mask=inputs["attention_mask"],
+                         image_key_values=first.image_key_values, use_cache=True, **{name: getattr(first, CACHE_NAME)})
     torch.testing.assert_close(step.logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="not both"), _deprecated_name_warns(True):
         model(**inputs, cache=getattr(first, CACHE_NAME), past_key_values=getattr(first, CACHE_NAME))
+
+
+def _deprecated_name_warns(used: bool):
+    """From 5.24 (`cache`), `past_key_values=` still works and says it is deprecated; before, it is the name."""
+    if used and CACHE_NAME == "cache":
+        return pytest.warns(FutureWarning, match="use `cache` instead")
+    return contextlib.nullcontext()
 
 
 # -- a checkpoint crosses releases -----------------------------------------------------------------------------------
