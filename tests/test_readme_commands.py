@@ -21,9 +21,9 @@ machine (2 to 3 times that while other work loads both cores), so the tests run 
 commands stated at 2 minutes or less (about 11 minutes); the results benchmarks above that, and the commands that read
 what they write, run with HIVE_README_LONG=1:
 
-    python -m pytest -m readme_commands tests/test_readme_commands.py    # what CI runs
-    HIVE_README_LONG=1 python -m pytest -m readme_commands tests/test_readme_commands.py    # every command
-    HIVE_README_TIME_MARGIN=4 python -m pytest -m readme_commands tests/test_readme_commands.py   # a busy machine
+    python -m pytest -n 0 -s -m readme_commands tests/test_readme_commands.py    # what CI runs
+    HIVE_README_LONG=1 python -m pytest -n 0 -s -m readme_commands tests/test_readme_commands.py    # every command
+    HIVE_README_TIME_MARGIN=4 python -m pytest -n 0 -s -m readme_commands tests/test_readme_commands.py   # a busy machine
 """
 
 from __future__ import annotations
