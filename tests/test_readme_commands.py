@@ -16,7 +16,7 @@ runnable command is offline), `python` being this interpreter. Each command must
 
 Commands that need the Hub, GPUs, real datasets, a token or a network install are left out by `EXCLUDED`, each with
 its reason; an entry that matches no command fails, so the list cannot go stale. A command the README repeats (the
-demo run before each section that reads it) runs once. The stated times add up to 35 minutes on one thread of a 2-core
+demo run before each section that reads it) runs once. The stated times add up to an hour on one thread of a 2-core
 machine (2 to 3 times that while other work loads both cores), so the tests run only when asked for, and CI runs the
 commands stated at 2 minutes or less (about 11 minutes); the results benchmarks above that, and the commands that read
 what they write, run with HIVE_README_LONG=1:
