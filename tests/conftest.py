@@ -36,12 +36,12 @@ def pytest_collectstart(collector):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The README's commands (`tests/test_readme_commands.py`: 13 minutes for CI's set, an hour for all) run only when
+    """The README's commands (`tests/test_readme_commands.py`: 9 minutes for CI's set, an hour for all) run only when
     `-m` names their marker, as CI's own step: `python -m pytest -n 0 -s -m readme_commands
     tests/test_readme_commands.py`."""
     if "readme_commands" in (config.getoption("markexpr") or ""):
         return
-    skip = pytest.mark.skip(reason="the README's commands run only with -m readme_commands (13 minutes; an hour with "
+    skip = pytest.mark.skip(reason="the README's commands run only with -m readme_commands (9 minutes; an hour with "
                                    "HIVE_README_LONG=1)")
     for item in items:
         if "readme_commands" in item.keywords:

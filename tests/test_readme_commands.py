@@ -18,7 +18,7 @@ Commands that need the Hub, GPUs, real datasets, a token or a network install ar
 its reason; an entry that matches no command fails, so the list cannot go stale. A command the README repeats (the
 demo run before each section that reads it) runs once. The stated times add up to an hour on one thread of a 2-core
 machine (2 to 3 times that while other work loads both cores), so the tests run only when asked for, and CI runs the
-commands stated at 2 minutes or less (about 11 minutes); the results benchmarks above that, and the commands that read
+commands stated at 2 minutes or less (about 9 minutes); the results benchmarks above that, and the commands that read
 what they write, run with HIVE_README_LONG=1:
 
     python -m pytest -n 0 -s -m readme_commands tests/test_readme_commands.py    # what CI runs
